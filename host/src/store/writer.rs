@@ -1,0 +1,659 @@
+//! The writing half of the store: definitions, token creates, moves,
+//! updates and completions, every token write a compare-and-swap inside an
+//! atomic batch, batches grouped by one committer task.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::direct::{self, BatchError, OutMessage};
+use super::reader::{EventBody, KV_OPERATION, Shared, StoreReader, TokenBody};
+use super::subjects::EventStream;
+use super::{Missing, StoreError};
+use crate::model::{EventKind, Id, Metadata, StoredDefinition, Token, WorkflowDefinition};
+
+/// Server limit on messages per atomic batch.
+const MAX_BATCH_MESSAGES: usize = 1000;
+/// Room left in `max_payload` for the batch headers added at send time.
+const BATCH_HEADER_ROOM: usize = 128;
+/// Queue depth in front of the committer; callers wait when it is full.
+const QUEUE_DEPTH: usize = 8192;
+
+/// A token to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    /// Its id; `None` generates one.
+    pub id: Option<Id>,
+    /// Initial data.
+    pub data: serde_json::Value,
+    /// Initial metadata.
+    pub metadata: Metadata,
+    /// Who creates it (recorded in the event).
+    pub actor: Option<String>,
+}
+
+/// A move of a token along a transition.
+#[derive(Debug, Clone)]
+pub struct Move {
+    /// The transition fired.
+    pub transition: Id,
+    /// The destination place.
+    pub to: Id,
+    /// Who fired it.
+    pub actor: Option<String>,
+    /// The caller's input, recorded in the event.
+    pub input: serde_json::Value,
+    /// Replacement data for the token, if the firing changes it.
+    pub data: Option<serde_json::Value>,
+}
+
+/// The outcome of a committed write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The token as written. `revision` is exact; `updated_at` is the host's
+    /// clock at acknowledgement (the server's stamp is returned by reads).
+    pub token: Token,
+    /// Stream sequence of the event recorded with the write.
+    pub event_sequence: u64,
+}
+
+/// One write waiting for the committer: its messages and who to tell.
+struct WriteOp {
+    /// `{workflow}.{token}`: at most one write per token per batch (the
+    /// server rejects two rollups of one token with 10111).
+    key: String,
+    token: Id,
+    expected: u64,
+    messages: Vec<OutMessage>,
+    /// Receives the sequence of the op's first message.
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Creates, moves, updates and completes tokens; stores definitions.
+///
+/// Cloning is cheap; all clones feed one committer task that coalesces the
+/// writes in flight into one atomic batch (group commit).
+#[derive(Clone)]
+pub struct StoreWriter {
+    reader: StoreReader,
+    queue: mpsc::Sender<WriteOp>,
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter")
+            .field("reader", &self.reader)
+            .finish()
+    }
+}
+
+impl StoreWriter {
+    pub(crate) fn start(reader: StoreReader) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(committer(reader.shared.clone(), rx));
+        StoreWriter { reader, queue: tx }
+    }
+
+    /// The reader over the same stream.
+    pub fn reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.reader.shared
+    }
+
+    /// Stores `def` as a new version unless it equals the latest version, in
+    /// which case the latest is returned and nothing is written (applying the
+    /// same file twice is a no-op). Validated first. Compare-and-swap on the
+    /// definition subject: a concurrent apply gives `Conflict`.
+    pub async fn put_definition(&self, def: &WorkflowDefinition) -> Result<StoredDefinition, StoreError> {
+        def.validate()?;
+        let latest = match self.reader.get_definition(&def.id).await {
+            Ok(latest) if &latest.definition == def => return Ok(latest),
+            Ok(latest) => latest.version,
+            Err(StoreError::NotFound(_)) => 0,
+            Err(e) => return Err(e),
+        };
+        let subject = self.shared().subjects.definition(&def.id);
+        let payload = Bytes::from(serde_json::to_vec(def).expect("definition serializes"));
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", latest.to_string().as_str());
+        self.check_size(&format!("definition `{}`", def.id), &subject, &headers, &payload)?;
+        let js = async_nats::jetstream::new(self.shared().client.clone());
+        let timeout = self.shared().config.request_timeout;
+        let op = "put definition";
+        let ack = tokio::time::timeout(timeout, async {
+            js.publish_with_headers(subject, headers, payload).await?.await
+        })
+        .await
+        .map_err(|_| StoreError::Timeout {
+            operation: op.into(),
+            timeout_ms: timeout.as_millis() as u64,
+        })?
+        .map_err(|e| match e.kind() {
+            PublishErrorKind::WrongLastSequence => StoreError::Conflict {
+                token: def.id.clone(),
+                expected: latest,
+                actual: None,
+            },
+            PublishErrorKind::TimedOut => StoreError::Timeout {
+                operation: op.into(),
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            _ => StoreError::unavailable(op, e),
+        })?;
+        // Read back from the leader: the stored timestamp is the version's.
+        let msg = self
+            .shared()
+            .stream
+            .get_raw_message(ack.sequence)
+            .await
+            .map_err(|e| StoreError::unavailable(op, e))?;
+        super::reader::decode_definition(&msg)
+    }
+
+    /// Creates a token in the definition's initial place, pinned to that
+    /// definition version. Fails with `Conflict { expected: 0 }` if a token
+    /// with this id is live in any place of the workflow.
+    pub async fn create_token(&self, def: &StoredDefinition, new: NewToken) -> Result<Committed, StoreError> {
+        let wf = &def.definition.id;
+        let id = new.id.unwrap_or_else(Id::generate);
+        let place = def.definition.initial_place.clone();
+        let subject = self.shared().subjects.token(wf, &place, &id);
+        let body = TokenBody {
+            definition_version: def.version,
+            data: new.data,
+            metadata: new.metadata,
+            created_at: None,
+        };
+        let state = self.state_message(&subject, wf, &id, Some(0), &body)?;
+        let event = self.event_message(
+            wf,
+            &id,
+            EventStream::Lifecycle,
+            0,
+            EventKind::Created {
+                place: place.clone(),
+                definition_version: def.version,
+                actor: new.actor,
+            },
+        )?;
+        let first = self.submit(wf, &id, 0, vec![state, event]).await?;
+        let now = OffsetDateTime::now_utc();
+        Ok(Committed {
+            token: Token {
+                id,
+                workflow_id: wf.clone(),
+                definition_version: def.version,
+                place,
+                data: body.data,
+                metadata: body.metadata,
+                created_at: now,
+                updated_at: now,
+                revision: first,
+                subject,
+            },
+            event_sequence: first + 1,
+        })
+    }
+
+    /// Moves `token` (as read, at `token.revision`) to `mv.to`, recording a
+    /// transition event, in one atomic batch: a tombstone with the CAS check
+    /// on the old place, the new state on the new place, the event. `def`
+    /// must be the token's pinned definition: `mv.to` must be one of its
+    /// places.
+    pub async fn move_token(
+        &self,
+        def: &WorkflowDefinition,
+        token: &Token,
+        mv: Move,
+    ) -> Result<Committed, StoreError> {
+        if !def.has_place(mv.to.as_str()) {
+            return Err(StoreError::NotFound(Missing::Place {
+                workflow: def.id.clone(),
+                place: mv.to.clone(),
+            }));
+        }
+        let wf = &token.workflow_id;
+        let new_subject = self.shared().subjects.token(wf, &mv.to, &token.id);
+        let body = TokenBody {
+            definition_version: token.definition_version,
+            data: mv.data.unwrap_or_else(|| token.data.clone()),
+            metadata: token.metadata.clone(),
+            created_at: Some(token.created_at),
+        };
+        let mut messages = Vec::with_capacity(3);
+        let same_place = mv.to == token.place;
+        if !same_place {
+            messages.push(self.tombstone(&token.subject, wf, &token.id, token.revision)?);
+        }
+        // In a move the CAS is on the tombstone (the batch may not check a
+        // subject twice); a self-loop checks on the state itself.
+        let cas = if same_place { Some(token.revision) } else { None };
+        messages.push(self.state_message(&new_subject, wf, &token.id, cas, &body)?);
+        messages.push(self.event_message(
+            wf,
+            &token.id,
+            EventStream::Transitions,
+            token.revision,
+            EventKind::Transition {
+                transition: mv.transition,
+                from: token.place.clone(),
+                to: mv.to.clone(),
+                actor: mv.actor,
+                input: mv.input,
+            },
+        )?);
+        let n = messages.len() as u64;
+        let first = self.submit(wf, &token.id, token.revision, messages).await?;
+        let now = OffsetDateTime::now_utc();
+        Ok(Committed {
+            token: Token {
+                id: token.id.clone(),
+                workflow_id: wf.clone(),
+                definition_version: token.definition_version,
+                place: mv.to,
+                data: body.data,
+                metadata: body.metadata,
+                created_at: token.created_at,
+                updated_at: now,
+                revision: first + n - 2,
+                subject: new_subject,
+            },
+            event_sequence: first + n - 1,
+        })
+    }
+
+    /// Replaces `token`'s data and/or metadata in place (CAS on
+    /// `token.revision`), recording an `updated` lifecycle event.
+    pub async fn update_token(
+        &self,
+        token: &Token,
+        data: Option<serde_json::Value>,
+        metadata: Option<Metadata>,
+        actor: Option<String>,
+    ) -> Result<Committed, StoreError> {
+        let wf = &token.workflow_id;
+        let body = TokenBody {
+            definition_version: token.definition_version,
+            data: data.unwrap_or_else(|| token.data.clone()),
+            metadata: metadata.unwrap_or_else(|| token.metadata.clone()),
+            created_at: Some(token.created_at),
+        };
+        let state = self.state_message(&token.subject, wf, &token.id, Some(token.revision), &body)?;
+        let event = self.event_message(
+            wf,
+            &token.id,
+            EventStream::Lifecycle,
+            token.revision,
+            EventKind::Updated { actor },
+        )?;
+        let first = self
+            .submit(wf, &token.id, token.revision, vec![state, event])
+            .await?;
+        Ok(Committed {
+            token: Token {
+                data: body.data,
+                metadata: body.metadata,
+                updated_at: OffsetDateTime::now_utc(),
+                revision: first,
+                ..token.clone()
+            },
+            event_sequence: first + 1,
+        })
+    }
+
+    /// Completes `token`: its place subject gets a tombstone (CAS on
+    /// `token.revision`) and a `completed` event keeps its final data.
+    /// Returns the event's sequence.
+    pub async fn complete_token(&self, token: &Token, actor: Option<String>) -> Result<u64, StoreError> {
+        let wf = &token.workflow_id;
+        let tomb = self.tombstone(&token.subject, wf, &token.id, token.revision)?;
+        let event = self.event_message(
+            wf,
+            &token.id,
+            EventStream::Lifecycle,
+            token.revision,
+            EventKind::Completed {
+                place: token.place.clone(),
+                data: token.data.clone(),
+                metadata: token.metadata.clone(),
+                actor,
+            },
+        )?;
+        let first = self
+            .submit(wf, &token.id, token.revision, vec![tomb, event])
+            .await?;
+        Ok(first + 1)
+    }
+
+    /// Queues an op for the committer and waits for its outcome.
+    async fn submit(
+        &self,
+        wf: &Id,
+        token: &Id,
+        expected: u64,
+        messages: Vec<OutMessage>,
+    ) -> Result<u64, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = WriteOp {
+            key: format!("{wf}.{token}"),
+            token: token.clone(),
+            expected,
+            messages,
+            done,
+        };
+        self.queue
+            .send(op)
+            .await
+            .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?
+    }
+
+    fn cas_headers(&self, wf: &Id, token: &Id, expected: u64, h: &mut HeaderMap) {
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            self.shared().subjects.token_any_place(wf, token).as_str(),
+        );
+    }
+
+    fn state_message(
+        &self,
+        subject: &str,
+        wf: &Id,
+        token: &Id,
+        cas: Option<u64>,
+        body: &TokenBody,
+    ) -> Result<OutMessage, StoreError> {
+        let mut headers = HeaderMap::new();
+        if cas.is_some_and(|expected| expected > 0) {
+            // Rewriting the state on its own subject (update, self-loop):
+            // the rollup purges the state it replaces. A state written to
+            // another subject (create, move) needs none: that subject holds
+            // nothing live, at most an old tombstone of this token, which
+            // readers skip and the next move out (or its TTL) removes.
+            // Skipping it saves one purge per move, the server's largest
+            // per-message cost.
+            headers.insert("Nats-Rollup", "sub");
+        }
+        if let Some(expected) = cas {
+            self.cas_headers(wf, token, expected, &mut headers);
+        }
+        let payload = Bytes::from(serde_json::to_vec(body).expect("token serializes"));
+        self.check_size(&format!("token `{token}`"), subject, &headers, &payload)?;
+        Ok(OutMessage {
+            subject: subject.into(),
+            headers,
+            payload,
+        })
+    }
+
+    fn tombstone(&self, subject: &str, wf: &Id, token: &Id, expected: u64) -> Result<OutMessage, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, "PURGE");
+        headers.insert("Nats-Rollup", "sub");
+        if let Some(ttl) = self.shared().config.tombstone_ttl {
+            headers.insert("Nats-TTL", ttl_value(ttl).as_str());
+        }
+        self.cas_headers(wf, token, expected, &mut headers);
+        Ok(OutMessage {
+            subject: subject.into(),
+            headers,
+            payload: Bytes::new(),
+        })
+    }
+
+    fn event_message(
+        &self,
+        wf: &Id,
+        token: &Id,
+        stream: EventStream,
+        from_revision: u64,
+        kind: EventKind,
+    ) -> Result<OutMessage, StoreError> {
+        let subject = self.shared().subjects.event(wf, stream, token);
+        let mut headers = HeaderMap::new();
+        if let Some(ttl) = self.shared().config.event_ttl {
+            headers.insert("Nats-TTL", ttl_value(ttl).as_str());
+        }
+        let body = EventBody {
+            workflow_id: wf.clone(),
+            token_id: token.clone(),
+            from_revision,
+            kind,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&body).expect("event serializes"));
+        self.check_size(
+            &format!("event for token `{token}`"),
+            &subject,
+            &headers,
+            &payload,
+        )?;
+        Ok(OutMessage {
+            subject,
+            headers,
+            payload,
+        })
+    }
+
+    /// Refuses a message the server would reject for size, before anything
+    /// of its batch is sent.
+    fn check_size(
+        &self,
+        what: &str,
+        subject: &str,
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> Result<(), StoreError> {
+        let header_len: usize = headers
+            .iter()
+            .map(|(k, vs)| {
+                vs.iter()
+                    .map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum::<usize>()
+            + 12;
+        let size = payload.len() + header_len + subject.len() + BATCH_HEADER_ROOM;
+        let max = self.shared().max_payload;
+        if size > max {
+            return Err(StoreError::PayloadTooLarge {
+                what: what.into(),
+                size,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `Nats-TTL` value: whole seconds, at least the server's minimum of 1 s.
+fn ttl_value(ttl: std::time::Duration) -> String {
+    format!("{}s", ttl.as_secs().max(1))
+}
+
+static BATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn batch_id() -> String {
+    // Unique per process and batch; the random part separates hosts.
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| Id::generate().as_str()[10..].to_string());
+    format!("cb-{host}-{}", BATCH_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The group-commit loop: one batch in flight at a time; while it is in
+/// flight, new writes queue up and form the next group.
+async fn committer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
+    let max_writes = shared.config.max_group_writes.max(1);
+    let mut deferred: VecDeque<WriteOp> = VecDeque::new();
+    loop {
+        let first = match deferred.pop_front() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        let mut keys = HashSet::new();
+        let mut msgs = first.messages.len();
+        keys.insert(first.key.clone());
+        let mut group = vec![first];
+        let mut next_deferred = VecDeque::new();
+        let mut yielded = false;
+        let mut take = |op: WriteOp, group: &mut Vec<WriteOp>, later: &mut VecDeque<WriteOp>| {
+            if group.len() < max_writes
+                && msgs + op.messages.len() <= MAX_BATCH_MESSAGES
+                && !keys.contains(&op.key)
+            {
+                msgs += op.messages.len();
+                keys.insert(op.key.clone());
+                group.push(op);
+            } else {
+                later.push_back(op);
+            }
+        };
+        while let Some(op) = deferred.pop_front() {
+            take(op, &mut group, &mut next_deferred);
+        }
+        // Gather what is queued. The callers of the previous batch were
+        // woken when it committed and are still preparing their next
+        // writes: yielding lets them enqueue, so the next group is as large
+        // as the one before instead of alternating small and large. Stop as
+        // soon as a yield brings nothing new (no timers, no added latency
+        // when there is no concurrency).
+        loop {
+            let before = group.len() + next_deferred.len();
+            while group.len() < max_writes {
+                match rx.try_recv() {
+                    Ok(op) => take(op, &mut group, &mut next_deferred),
+                    Err(_) => break,
+                }
+            }
+            let grew = group.len() + next_deferred.len() > before;
+            if group.len() >= max_writes || (yielded && !grew) {
+                break;
+            }
+            yielded = true;
+            tokio::task::yield_now().await;
+        }
+        deferred = next_deferred;
+        commit_group(&shared, group).await;
+    }
+}
+
+/// Commits a group; on a CAS conflict, splits it in halves until the
+/// conflicting write is alone (the server names the failing token's current
+/// sequence, not which write failed).
+async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
+    let mut work = vec![group];
+    while let Some(group) = work.pop() {
+        match send_with_retry(shared, &group).await {
+            Ok(committed) => {
+                let total: u64 = group.iter().map(|op| op.messages.len() as u64).sum();
+                if committed.count != total {
+                    let e = StoreError::unavailable(
+                        "commit",
+                        format!("server stored {} of {total} messages", committed.count),
+                    );
+                    for op in group {
+                        let _ = op.done.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+                let mut seq = committed.last_sequence + 1 - total;
+                for op in group {
+                    let n = op.messages.len() as u64;
+                    let _ = op.done.send(Ok(seq));
+                    seq += n;
+                }
+            }
+            Err(Failure::Conflict(actual)) if group.len() == 1 => {
+                let op = group.into_iter().next().expect("one");
+                let _ = op.done.send(Err(StoreError::Conflict {
+                    token: op.token,
+                    expected: op.expected,
+                    actual,
+                }));
+            }
+            Err(Failure::Conflict(_)) => {
+                let mut first = group;
+                let second = first.split_off(first.len() / 2);
+                work.push(second);
+                work.push(first);
+            }
+            Err(Failure::Other(e)) => {
+                for op in group {
+                    let _ = op.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    Conflict(Option<u64>),
+    Other(StoreError),
+}
+
+/// JetStream error codes meaning "nothing stored, try again": expected-seq
+/// check temporarily unavailable (10163), batch missing a sequence (10175)
+/// or incomplete (10176), too many batches in flight (10210).
+const TRANSIENT_CODES: [u64; 4] = [10163, 10175, 10176, 10210];
+
+async fn send_with_retry(shared: &Shared, group: &[WriteOp]) -> Result<direct::Committed, Failure> {
+    let policy = shared.config.retry;
+    let timeout = shared.config.request_timeout;
+    let messages: Vec<OutMessage> = group.iter().flat_map(|op| op.messages.iter().cloned()).collect();
+    let mut attempt = 1;
+    loop {
+        let result = direct::publish_batch(&shared.client, &batch_id(), messages.clone(), timeout).await;
+        let failure = match result {
+            Ok(c) => return Ok(c),
+            Err(BatchError::Api(e)) if e.err_code == 10071 => {
+                let actual = e
+                    .description
+                    .rsplit(':')
+                    .next()
+                    .and_then(|n| n.trim().parse().ok());
+                return Err(Failure::Conflict(actual));
+            }
+            Err(BatchError::Api(e)) if e.err_code == 10164 => return Err(Failure::Conflict(None)),
+            Err(BatchError::Api(e)) if TRANSIENT_CODES.contains(&e.err_code) || e.code == 503 => {
+                StoreError::unavailable("commit", format!("{} ({})", e.description, e.err_code))
+            }
+            Err(BatchError::Api(e)) => {
+                return Err(Failure::Other(StoreError::Server {
+                    operation: "commit".into(),
+                    code: e.code,
+                    err_code: e.err_code,
+                    description: e.description,
+                }));
+            }
+            Err(BatchError::Timeout) => {
+                return Err(Failure::Other(StoreError::Timeout {
+                    operation: "commit".into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                }));
+            }
+            Err(BatchError::Transport(reason)) => StoreError::unavailable("commit", reason),
+        };
+        if attempt >= policy.attempts {
+            return Err(Failure::Other(failure));
+        }
+        tracing::debug!(error = %failure, attempt, "batch not stored; retrying");
+        tokio::time::sleep(policy.backoff(attempt)).await;
+        attempt += 1;
+    }
+}
