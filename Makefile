@@ -5,7 +5,7 @@ NATS_BIN_FILE := target/nats-server-bin
 # Tests find nats-server through NATS_SERVER_BIN, written by `make setup`.
 WITH_NATS = NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))"
 
-.PHONY: setup test lint unit bench bench-quick clean
+.PHONY: setup test lint bench bench-quick plugins clean
 
 ## setup: add the wasm32-wasip2 target, find or install nats-server >= 2.12
 setup:
@@ -21,13 +21,26 @@ test: setup lint
 	$(WITH_NATS) $(CARGO) test --workspace --all-targets
 	$(WITH_NATS) $(CARGO) test --workspace --doc
 
+## plugins: build the example plugins into target/plugins/<name>.wasm
+plugins: setup
+	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm \
+		-p amount-limit -p require-fields -p siblings-in-place -p business-hours
+	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm \
+		-p auto-advance -p audit-log
+	@mkdir -p target/plugins
+	@for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do \
+		cp target/wasm/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm target/plugins/$$p.wasm; done
+	@ls -l target/plugins
+
 ## bench: storage benchmarks with raw async-nats baselines (release build)
 bench: setup
 	$(WITH_NATS) $(CARGO) bench --bench storage
+	$(CARGO) bench --bench plugins
 
 ## bench-quick: the same with fewer iterations
 bench-quick: setup
 	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench storage
+	CB_BENCH_QUICK=1 $(CARGO) bench --bench plugins
 
 clean:
 	$(CARGO) clean

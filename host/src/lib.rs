@@ -12,4 +12,5 @@
 #![warn(missing_docs)]
 
 pub mod model;
+pub mod plugin;
 pub mod store;

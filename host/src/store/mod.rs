@@ -18,7 +18,9 @@
 mod config;
 mod direct;
 mod error;
+mod memory;
 mod reader;
+mod source;
 mod stream;
 mod subjects;
 mod writer;
@@ -27,7 +29,9 @@ use std::sync::Arc;
 
 pub use config::{RetryPolicy, StorageKind, StoreConfig};
 pub use error::{Missing, StoreError};
+pub use memory::MemorySource;
 pub use reader::{Page, StoreReader};
+pub use source::{BoxFuture, TokenSource};
 pub use writer::{Committed, Move, NewToken, StoreWriter};
 
 /// An opened store: the stream is verified and the committer is running.

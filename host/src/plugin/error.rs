@@ -1,0 +1,124 @@
+//! Typed plugin errors. Every variant names the plugin.
+
+/// Why a plugin could not be loaded or a call did not return a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The call ran past its wall-clock deadline and was interrupted.
+    #[error("plugin `{plugin}` timed out after {limit_ms} ms")]
+    Timeout {
+        /// The plugin.
+        plugin: String,
+        /// The deadline.
+        limit_ms: u64,
+    },
+    /// The call used up its fuel (instructions budget).
+    #[error("plugin `{plugin}` ran out of fuel ({fuel} units)")]
+    OutOfFuel {
+        /// The plugin.
+        plugin: String,
+        /// The budget.
+        fuel: u64,
+    },
+    /// The call tried to grow linear memory past its cap.
+    #[error("plugin `{plugin}` exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryLimit {
+        /// The plugin.
+        plugin: String,
+        /// The cap.
+        limit_bytes: usize,
+    },
+    /// The call overflowed the wasm stack (e.g. unbounded recursion).
+    #[error("plugin `{plugin}` overflowed its stack")]
+    StackOverflow {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The call trapped (panic, `unreachable`, bad memory access...).
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap {
+        /// The plugin.
+        plugin: String,
+        /// What the runtime reported.
+        message: String,
+    },
+    /// An action returned an error.
+    #[error("plugin `{plugin}` failed: {message}")]
+    Failed {
+        /// The plugin.
+        plugin: String,
+        /// The action's error text.
+        message: String,
+    },
+    /// The bytes are not a loadable component (empty, truncated, not Wasm,
+    /// a core module).
+    #[error("plugin `{plugin}` is not a valid component: {reason}")]
+    InvalidComponent {
+        /// The plugin (file stem).
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component does not target the guard or action world.
+    #[error("plugin `{plugin}` does not fit the plugin interface: missing {}", .missing.join(", "))]
+    IncompatibleInterface {
+        /// The plugin.
+        plugin: String,
+        /// What is missing or mismatched.
+        missing: Vec<String>,
+    },
+    /// The plugin targets the other world than the one asked for.
+    #[error("plugin `{plugin}` is a {actual} plugin, not a {expected}")]
+    WrongWorld {
+        /// The plugin.
+        plugin: String,
+        /// What the caller needed.
+        expected: String,
+        /// What it is.
+        actual: String,
+    },
+    /// No plugin loaded under that name.
+    #[error("no plugin named `{plugin}` is loaded")]
+    NotFound {
+        /// The name asked for.
+        plugin: String,
+    },
+    /// A definition pins a digest that the loaded plugin does not have.
+    #[error("plugin `{plugin}` has digest {actual}, but the definition pins {expected}")]
+    DigestMismatch {
+        /// The plugin.
+        plugin: String,
+        /// The pinned digest.
+        expected: String,
+        /// The loaded plugin's digest.
+        actual: String,
+    },
+    /// Reading a plugin file or the compile cache failed.
+    #[error("plugin `{plugin}`: {reason}")]
+    Io {
+        /// The plugin or path.
+        plugin: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl PluginError {
+    /// A short machine-readable kind: `timeout`, `out-of-fuel`,
+    /// `memory-limit`, `stack-overflow`, `trap`, `failed`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::OutOfFuel { .. } => "out-of-fuel",
+            PluginError::MemoryLimit { .. } => "memory-limit",
+            PluginError::StackOverflow { .. } => "stack-overflow",
+            PluginError::Trap { .. } => "trap",
+            PluginError::Failed { .. } => "failed",
+            PluginError::InvalidComponent { .. } => "invalid-component",
+            PluginError::IncompatibleInterface { .. } => "incompatible-interface",
+            PluginError::WrongWorld { .. } => "wrong-world",
+            PluginError::NotFound { .. } => "not-found",
+            PluginError::DigestMismatch { .. } => "digest-mismatch",
+            PluginError::Io { .. } => "io",
+        }
+    }
+}

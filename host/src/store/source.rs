@@ -1,0 +1,53 @@
+//! The read-only view of workflow state that plugins are given.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{Page, StoreError, StoreReader};
+use crate::model::{Id, StoredDefinition, Token};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a plugin's `token-reader` import is served from: get a token, list a
+/// place, get a workflow. Read-only by construction: there is no method that
+/// writes, acknowledges or consumes.
+///
+/// Implemented by the JetStream [`StoreReader`] and by the plugin test
+/// harness's in-memory fixtures; a shared conformance test runs against both.
+pub trait TokenSource: Send + Sync + 'static {
+    /// The live token `token` of `workflow`.
+    fn get_token<'a>(&'a self, workflow: &'a Id, token: &'a Id) -> BoxFuture<'a, Result<Token, StoreError>>;
+
+    /// One page of the tokens in `place`, in storage order.
+    fn list_place<'a>(
+        &'a self,
+        workflow: &'a Id,
+        place: &'a Id,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<Token>, StoreError>>;
+
+    /// The latest definition of `workflow`.
+    fn get_definition<'a>(&'a self, workflow: &'a Id) -> BoxFuture<'a, Result<StoredDefinition, StoreError>>;
+}
+
+impl TokenSource for StoreReader {
+    fn get_token<'a>(&'a self, workflow: &'a Id, token: &'a Id) -> BoxFuture<'a, Result<Token, StoreError>> {
+        Box::pin(StoreReader::get_token(self, workflow, token))
+    }
+
+    fn list_place<'a>(
+        &'a self,
+        workflow: &'a Id,
+        place: &'a Id,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<Token>, StoreError>> {
+        Box::pin(StoreReader::list_place(self, workflow, place, cursor, limit))
+    }
+
+    fn get_definition<'a>(&'a self, workflow: &'a Id) -> BoxFuture<'a, Result<StoredDefinition, StoreError>> {
+        Box::pin(StoreReader::get_definition(self, workflow))
+    }
+}
