@@ -346,6 +346,7 @@ async fn bench_move(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                         actor: None,
                         input: json!(null),
                         data: None,
+                        msg_id: None,
                     };
                     t = writer.move_token(&def.definition, &t, m).await.unwrap().token;
                     lat.push(s.elapsed());

@@ -573,6 +573,7 @@ async fn plugins_read_real_tokens_and_leave_the_stream_untouched() {
                     actor: None,
                     input: Value::Null,
                     data: None,
+                    msg_id: None,
                 },
             )
             .await

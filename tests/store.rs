@@ -19,6 +19,7 @@ fn mv(transition: &str, to: &str) -> Move {
         actor: Some("test".into()),
         input: json!(null),
         data: None,
+        msg_id: None,
     }
 }
 
@@ -923,4 +924,73 @@ async fn a_three_node_cluster_serves_the_store_with_read_your_writes() {
         .unwrap()
         .clone();
     assert_eq!(info.config.num_replicas, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_msg_id_is_refused_alone_and_its_group_still_commits() {
+    let env = env().await;
+    let (reader, writer) = (env.store.reader(), env.store.writer());
+    let def = Arc::new(apply(&env.store, PINGPONG).await);
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let c = writer
+            .create_token(
+                &def,
+                NewToken {
+                    id: Some(id(&format!("d{i}"))),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        tokens.push(c.token);
+    }
+    let with_id = |key: &str| Move {
+        msg_id: Some(key.to_string()),
+        ..mv("hit", "pong")
+    };
+    writer
+        .move_token(&def.definition, &tokens[0], with_id("once"))
+        .await
+        .unwrap();
+    // The same key again, concurrently with 19 other moves that may share
+    // its batch: only the repeat is refused.
+    let tasks: Vec<_> = tokens[1..]
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, t)| {
+            let (w, d) = (writer.clone(), def.clone());
+            let m = if i == 7 {
+                with_id("once")
+            } else {
+                with_id(&format!("k{i}"))
+            };
+            tokio::spawn(async move { w.move_token(&d.definition, &t, m).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        if i == 7 {
+            assert!(
+                matches!(r, Err(StoreError::Duplicate { ref token }) if token == "d8"),
+                "{r:?}"
+            );
+        } else {
+            r.unwrap();
+        }
+    }
+    assert_eq!(
+        reader.get_token(&id("pingpong"), &id("d8")).await.unwrap().place,
+        "ping",
+        "nothing written"
+    );
+    assert_eq!(
+        reader
+            .list_place_all(&id("pingpong"), &id("pong"))
+            .await
+            .unwrap()
+            .len(),
+        19
+    );
 }

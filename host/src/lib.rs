@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod model;
 pub mod plugin;
 pub mod store;

@@ -9,4 +9,4 @@ mod token;
 
 pub use definition::{DefinitionError, PluginRef, StoredDefinition, Transition, WorkflowDefinition};
 pub use id::{Id, IdError, MAX_ID_LEN};
-pub use token::{Event, EventKind, Metadata, Token};
+pub use token::{Event, EventKind, Metadata, Token, TokenState};

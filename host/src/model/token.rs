@@ -45,6 +45,22 @@ pub struct Token {
     pub subject: String,
 }
 
+/// A token's state as recorded in a transition event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenState {
+    /// The pinned definition version.
+    pub definition_version: u64,
+    /// Data after the move.
+    pub data: serde_json::Value,
+    /// Metadata after the move.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// When the token was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
 /// What an event records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -63,6 +79,10 @@ pub enum EventKind {
         /// The caller's input to the guards.
         #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
         input: serde_json::Value,
+        /// The token's state after the move, so the audit trail holds it
+        /// and actions run against exactly this state (the token subject
+        /// itself keeps only the latest).
+        state: TokenState,
     },
     /// The token was created.
     Created {

@@ -509,17 +509,44 @@ impl HostMonotonicClock for FixedClock {
     }
 }
 
-/// Pseudo-random bytes derived from `seed` (SHA-256 in counter mode): the
-/// same firing always sees the same "random" numbers.
-fn seeded_bytes(seed: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
-    for i in 0u32..128 {
-        let mut h = Sha256::new();
-        h.update(seed);
-        h.update(i.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
+/// The plugin's randomness: SplitMix64 seeded from a SHA-256 of the
+/// plugin digest and the firing, so the same firing always sees the same
+/// numbers. Not cryptographic, on purpose: guards must be reproducible.
+struct SeededRng(u64);
+
+impl SeededRng {
+    fn new(seed: &[u8]) -> Self {
+        let h = Sha256::digest(seed);
+        SeededRng(u64::from_le_bytes(h[..8].try_into().expect("8 bytes")))
     }
-    out
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl rand_core_wasi::TryRng for SeededRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.next() as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, buf: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
 }
 
 impl Plugin {
@@ -585,8 +612,8 @@ impl Plugin {
         let stderr = MemoryOutputPipe::new(limits.log_bytes);
         let mut seed_material = self.caller.digest.as_bytes().to_vec();
         seed_material.extend_from_slice(seed);
-        let random = seeded_bytes(&seed_material);
-        let insecure_seed = u128::from_le_bytes(random[..16].try_into().expect("16 bytes"));
+        let mut rng = SeededRng::new(&seed_material);
+        let insecure_seed = (u128::from(rng.next()) << 64) | u128::from(rng.next());
         // Nothing granted: no preopened dirs, env, args, network or name
         // lookups. Output is captured; clocks and randomness are fixed.
         let wasi = WasiCtx::builder()
@@ -594,8 +621,8 @@ impl Plugin {
             .stderr(stderr.clone())
             .wall_clock(FixedClock(since_epoch))
             .monotonic_clock(FixedClock(since_epoch))
-            .secure_random(wasmtime_wasi::Deterministic::new(random.clone()))
-            .insecure_random(wasmtime_wasi::Deterministic::new(random))
+            .secure_random(SeededRng(rng.next()))
+            .insecure_random(SeededRng(rng.next()))
             .insecure_random_seed(insecure_seed)
             .allow_ip_name_lookup(false)
             .build();

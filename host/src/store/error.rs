@@ -49,6 +49,14 @@ pub enum StoreError {
         /// The token's current revision, when the server said.
         actual: Option<u64>,
     },
+    /// A write carried a `Nats-Msg-Id` the server has already stored within
+    /// its duplicate window: the same request was applied before. Nothing
+    /// was written.
+    #[error("duplicate write for token `{token}`: this request was already applied")]
+    Duplicate {
+        /// The token.
+        token: Id,
+    },
     /// An id is not subject-safe.
     #[error("invalid id: {0}")]
     InvalidId(#[from] IdError),

@@ -30,6 +30,7 @@ use std::sync::Arc;
 pub use config::{RetryPolicy, StorageKind, StoreConfig};
 pub use error::{Missing, StoreError};
 pub use memory::MemorySource;
+pub(crate) use reader::decode_event_payload;
 pub use reader::{Page, StoreReader};
 pub use source::{BoxFuture, TokenSource};
 pub use writer::{Committed, Move, NewToken, StoreWriter};
@@ -91,6 +92,11 @@ impl Store {
     /// A writing handle (also reads through [`StoreWriter::reader`]).
     pub fn writer(&self) -> StoreWriter {
         self.writer.clone()
+    }
+
+    /// The stream handle (for the action dispatcher's consumer).
+    pub(crate) fn stream(&self) -> &async_nats::jetstream::stream::Stream {
+        &self.writer.reader().shared.stream
     }
 
     /// The configuration in force.

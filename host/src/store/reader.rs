@@ -446,15 +446,32 @@ pub(crate) fn decode_definition(msg: &StreamMessage) -> Result<StoredDefinition,
 
 /// An event from its stored message.
 pub(crate) fn decode_event(msg: &StreamMessage) -> Result<Event, StoreError> {
-    let body: EventBody = serde_json::from_slice(&msg.payload)
-        .map_err(|e| StoreError::corrupt(&msg.subject, msg.sequence, e))?;
+    decode_event_payload(&msg.payload, msg.sequence, msg.time).map_err(|e| match e {
+        StoreError::Corrupt { sequence, reason, .. } => StoreError::Corrupt {
+            subject: msg.subject.to_string(),
+            sequence,
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// An event from its payload, stream sequence and stored time (consumers
+/// get those from the message info).
+pub(crate) fn decode_event_payload(
+    payload: &[u8],
+    sequence: u64,
+    time: OffsetDateTime,
+) -> Result<Event, StoreError> {
+    let body: EventBody =
+        serde_json::from_slice(payload).map_err(|e| StoreError::corrupt("", sequence, e))?;
     Ok(Event {
         workflow_id: body.workflow_id,
         token_id: body.token_id,
         from_revision: body.from_revision,
-        revision: body.kind.follows_token_write().then(|| msg.sequence - 1),
-        sequence: msg.sequence,
-        time: msg.time,
+        revision: body.kind.follows_token_write().then(|| sequence - 1),
+        sequence,
+        time,
         kind: body.kind,
     })
 }

@@ -16,7 +16,7 @@ use super::direct::{self, BatchError, OutMessage};
 use super::reader::{EventBody, KV_OPERATION, Shared, StoreReader, TokenBody};
 use super::subjects::EventStream;
 use super::{Missing, StoreError};
-use crate::model::{EventKind, Id, Metadata, StoredDefinition, Token, WorkflowDefinition};
+use crate::model::{EventKind, Id, Metadata, StoredDefinition, Token, TokenState, WorkflowDefinition};
 
 /// Server limit on messages per atomic batch.
 const MAX_BATCH_MESSAGES: usize = 1000;
@@ -51,6 +51,11 @@ pub struct Move {
     pub input: serde_json::Value,
     /// Replacement data for the token, if the firing changes it.
     pub data: Option<serde_json::Value>,
+    /// `Nats-Msg-Id` for the transition event: a second move with the same
+    /// id inside the server's duplicate window is refused as
+    /// [`StoreError::Duplicate`] and writes nothing. Used for follow-up
+    /// firings requested by actions, which may be re-run.
+    pub msg_id: Option<String>,
 }
 
 /// The outcome of a committed write.
@@ -238,7 +243,13 @@ impl StoreWriter {
         // subject twice); a self-loop checks on the state itself.
         let cas = if same_place { Some(token.revision) } else { None };
         messages.push(self.state_message(&new_subject, wf, &token.id, cas, &body)?);
-        messages.push(self.event_message(
+        let state = TokenState {
+            definition_version: body.definition_version,
+            data: body.data.clone(),
+            metadata: body.metadata.clone(),
+            created_at: token.created_at,
+        };
+        let mut event = self.event_message(
             wf,
             &token.id,
             EventStream::Transitions,
@@ -249,8 +260,13 @@ impl StoreWriter {
                 to: mv.to.clone(),
                 actor: mv.actor,
                 input: mv.input,
+                state,
             },
-        )?);
+        )?;
+        if let Some(id) = &mv.msg_id {
+            event.headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        messages.push(event);
         let n = messages.len() as u64;
         let first = self.submit(wf, &token.id, token.revision, messages).await?;
         let now = OffsetDateTime::now_utc();
@@ -332,6 +348,27 @@ impl StoreWriter {
             .submit(wf, &token.id, token.revision, vec![tomb, event])
             .await?;
         Ok(first + 1)
+    }
+
+    /// Appends an event that changes no token (e.g. an action's final
+    /// failure) to the token's lifecycle subject. Returns its sequence.
+    pub async fn append_event(&self, workflow: &Id, token: &Id, kind: EventKind) -> Result<u64, StoreError> {
+        let m = self.event_message(workflow, token, EventStream::Lifecycle, 0, kind)?;
+        let js = async_nats::jetstream::new(self.shared().client.clone());
+        let timeout = self.shared().config.request_timeout;
+        let op = "append event";
+        let ack = tokio::time::timeout(timeout, async {
+            js.publish_with_headers(m.subject, m.headers, m.payload)
+                .await?
+                .await
+        })
+        .await
+        .map_err(|_| StoreError::Timeout {
+            operation: op.into(),
+            timeout_ms: timeout.as_millis() as u64,
+        })?
+        .map_err(|e| StoreError::unavailable(op, e))?;
+        Ok(ack.sequence)
     }
 
     /// Queues an op for the committer and waits for its outcome.
@@ -553,9 +590,9 @@ async fn committer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-/// Commits a group; on a CAS conflict, splits it in halves until the
-/// conflicting write is alone (the server names the failing token's current
-/// sequence, not which write failed).
+/// Commits a group; on a CAS conflict or a duplicate message id, splits it
+/// in halves until the failing write is alone (the server names neither
+/// which write failed), so the others still commit.
 async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
     let mut work = vec![group];
     while let Some(group) = work.pop() {
@@ -579,6 +616,10 @@ async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
                     seq += n;
                 }
             }
+            Err(Failure::Duplicate) if group.len() == 1 => {
+                let op = group.into_iter().next().expect("one");
+                let _ = op.done.send(Err(StoreError::Duplicate { token: op.token }));
+            }
             Err(Failure::Conflict(actual)) if group.len() == 1 => {
                 let op = group.into_iter().next().expect("one");
                 let _ = op.done.send(Err(StoreError::Conflict {
@@ -587,7 +628,7 @@ async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
                     actual,
                 }));
             }
-            Err(Failure::Conflict(_)) => {
+            Err(Failure::Conflict(_) | Failure::Duplicate) => {
                 let mut first = group;
                 let second = first.split_off(first.len() / 2);
                 work.push(second);
@@ -604,6 +645,8 @@ async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
 
 enum Failure {
     Conflict(Option<u64>),
+    /// A `Nats-Msg-Id` in the group was seen before (10201).
+    Duplicate,
     Other(StoreError),
 }
 
@@ -630,6 +673,7 @@ async fn send_with_retry(shared: &Shared, group: &[WriteOp]) -> Result<direct::C
                 return Err(Failure::Conflict(actual));
             }
             Err(BatchError::Api(e)) if e.err_code == 10164 => return Err(Failure::Conflict(None)),
+            Err(BatchError::Api(e)) if e.err_code == 10201 => return Err(Failure::Duplicate),
             Err(BatchError::Api(e)) if TRANSIENT_CODES.contains(&e.err_code) || e.code == 503 => {
                 StoreError::unavailable("commit", format!("{} ({})", e.description, e.err_code))
             }

@@ -1,0 +1,359 @@
+//! Actions, run from the transition events.
+//!
+//! A durable pull consumer with explicit acks over
+//! `{prefix}.workflows.*.events.transitions.*` is the one consumer this
+//! host creates. Every host shares it, so each event is processed by one
+//! host at a time; an event is acked only after all of its transition's
+//! actions succeeded and their follow-up firings were made. A failed action
+//! (or a host that dies) means redelivery after a backoff; after the last
+//! attempt an `action_failed` event is recorded for the token and the
+//! message is acked.
+//!
+//! Follow-up firings are exactly-once per event: each carries an
+//! idempotency key (`Nats-Msg-Id`) derived from the event sequence, the
+//! action's index and the request's index, and the first request on the
+//! event's own token also expects the revision the action saw.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::{Engine, FireError, FireRequest};
+use crate::model::{EventKind, Id, Token};
+use crate::plugin::{ActionInput, World};
+use crate::store::StoreError;
+
+/// Dispatcher settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatcherConfig {
+    /// Durable consumer name, shared by every host on the stream.
+    pub consumer: String,
+    /// Deliveries of one event before its failure is recorded.
+    pub max_deliver: i64,
+    /// How long a host may hold an event before it is redelivered (to
+    /// another host, if this one died).
+    pub ack_wait: Duration,
+    /// Waits before redelivery after a failed attempt, by attempt.
+    pub backoff: Vec<Duration>,
+    /// Events processed at once by this host.
+    pub concurrency: usize,
+    /// Test hook: after the follow-up firings of an event's first delivery,
+    /// behave as if the host died before acking (the event is redelivered).
+    #[doc(hidden)]
+    pub fault_skip_first_ack: bool,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            consumer: "cb-actions".into(),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+            ],
+            concurrency: 16,
+            fault_skip_first_ack: false,
+        }
+    }
+}
+
+/// A running dispatcher. [`shutdown`](Self::shutdown) stops pulling and
+/// waits for the events in progress.
+pub struct Dispatcher {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Creates (or binds to) the durable consumer and starts processing.
+    pub async fn start(engine: Engine, config: DispatcherConfig) -> Result<Dispatcher, StoreError> {
+        let store = engine.store().clone();
+        let filter = format!("{}.workflows.*.events.transitions.*", store.config().prefix);
+        let op = "create action consumer";
+        let consumer: async_nats::jetstream::consumer::PullConsumer = store
+            .stream()
+            .get_or_create_consumer(
+                &config.consumer,
+                pull::Config {
+                    durable_name: Some(config.consumer.clone()),
+                    description: Some("Circuit Breaker action dispatcher".into()),
+                    filter_subject: filter,
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: config.ack_wait,
+                    max_deliver: config.max_deliver,
+                    max_ack_pending: (config.concurrency * 4).max(64) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| StoreError::unavailable(op, e))?;
+        let (stop, mut stopped) = watch::channel(false);
+        let config = Arc::new(config);
+        let task = tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+            let mut running = JoinSet::new();
+            'outer: loop {
+                let mut messages = match consumer.messages().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "action consumer unavailable; retrying");
+                        tokio::select! {
+                            _ = stopped.changed() => break 'outer,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        _ = stopped.changed() => break 'outer,
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        Some(Ok(msg)) => {
+                            let permit = slots.clone().acquire_owned().await.expect("never closed");
+                            let (engine, config) = (engine.clone(), config.clone());
+                            running.spawn(async move {
+                                handle(&engine, &config, msg).await;
+                                drop(permit);
+                            });
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "action consumer stream error");
+                        }
+                        None => break,
+                    }
+                    while running.try_join_next().is_some() {}
+                }
+            }
+            while running.join_next().await.is_some() {}
+        });
+        Ok(Dispatcher { stop, task })
+    }
+
+    /// Stops taking events and waits for those in progress to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// What became of one delivery.
+enum Outcome {
+    Done,
+    Retry(String),
+    Failed { plugin: Id, error: String },
+}
+
+async fn handle(engine: &Engine, config: &DispatcherConfig, msg: async_nats::jetstream::Message) {
+    let (seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(e) => {
+            tracing::warn!(error = %e, "action event without metadata; terminating it");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let event = match crate::store::decode_event_payload(&msg.payload, seq, time::OffsetDateTime::now_utc()) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(seq, error = %e, "undecodable transition event; terminating it");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let outcome = run_actions(engine, &event, seq, delivered).await;
+    let result = match outcome {
+        Outcome::Done => {
+            if config.fault_skip_first_ack && delivered == 1 {
+                tracing::warn!(seq, "test fault: not acking the first delivery");
+                // Redeliver soon, as if the host had died.
+                msg.ack_with(AckKind::Nak(Some(Duration::from_millis(50)))).await
+            } else {
+                msg.double_ack().await
+            }
+        }
+        Outcome::Retry(reason) if delivered < config.max_deliver => {
+            let delay = config
+                .backoff
+                .get((delivered as usize).saturating_sub(1))
+                .or(config.backoff.last())
+                .copied()
+                .unwrap_or(Duration::from_secs(1));
+            tracing::warn!(seq, delivered, ?delay, %reason, "action attempt failed; will retry");
+            msg.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Outcome::Retry(reason) => {
+            record_failure(engine, &event, seq, delivered, "<dispatcher>", &reason).await;
+            msg.double_ack().await
+        }
+        Outcome::Failed { plugin, error } if delivered < config.max_deliver => {
+            let delay = config
+                .backoff
+                .get((delivered as usize).saturating_sub(1))
+                .or(config.backoff.last())
+                .copied()
+                .unwrap_or(Duration::from_secs(1));
+            tracing::warn!(seq, delivered, ?delay, %plugin, %error, "action failed; will retry");
+            msg.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Outcome::Failed { plugin, error } => {
+            record_failure(engine, &event, seq, delivered, plugin.as_str(), &error).await;
+            msg.double_ack().await
+        }
+    };
+    if let Err(e) = result {
+        // The event will be redelivered; follow-ups are idempotent.
+        tracing::warn!(seq, error = %e, "could not ack an action event");
+    }
+}
+
+async fn record_failure(
+    engine: &Engine,
+    event: &crate::model::Event,
+    seq: u64,
+    attempts: i64,
+    plugin: &str,
+    error: &str,
+) {
+    let EventKind::Transition { transition, .. } = &event.kind else {
+        return;
+    };
+    let kind = EventKind::ActionFailed {
+        transition: transition.clone(),
+        plugin: Id::new(plugin).unwrap_or_else(|_| Id::new("dispatcher").expect("valid")),
+        event_sequence: seq,
+        attempts: attempts as u64,
+        error: error.to_string(),
+    };
+    tracing::error!(seq, workflow = %event.workflow_id, token = %event.token_id, plugin, error, "action failed for good");
+    if let Err(e) = engine
+        .writer()
+        .append_event(&event.workflow_id, &event.token_id, kind)
+        .await
+    {
+        tracing::error!(seq, error = %e, "could not record the action failure");
+    }
+}
+
+async fn run_actions(engine: &Engine, event: &crate::model::Event, seq: u64, delivered: i64) -> Outcome {
+    let EventKind::Transition {
+        transition,
+        from,
+        to,
+        actor,
+        input,
+        state,
+    } = &event.kind
+    else {
+        return Outcome::Done;
+    };
+    let def = match engine
+        .definition(&event.workflow_id, state.definition_version)
+        .await
+    {
+        Ok(d) => d,
+        Err(StoreError::NotFound(m)) => {
+            tracing::error!(seq, error = %m, "transition event for an unknown definition; skipping its actions");
+            return Outcome::Done;
+        }
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let Some(t) = def.definition.transition(transition.as_str()) else {
+        return Outcome::Done;
+    };
+    if t.actions.is_empty() {
+        return Outcome::Done;
+    }
+    let token = Token {
+        id: event.token_id.clone(),
+        workflow_id: event.workflow_id.clone(),
+        definition_version: state.definition_version,
+        place: to.clone(),
+        data: state.data.clone(),
+        metadata: state.metadata.clone(),
+        created_at: state.created_at,
+        updated_at: event.time,
+        revision: seq - 1,
+        subject: String::new(),
+    };
+    let registry = engine.plugins();
+    let mut all_requests = Vec::new();
+    for (ai, action) in t.actions.iter().enumerate() {
+        let plugin = match registry.resolve(action.plugin.as_str(), action.digest.as_deref(), World::Action) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                return Outcome::Failed {
+                    plugin: action.plugin.clone(),
+                    error: e.to_string(),
+                };
+            }
+        };
+        let input = ActionInput {
+            event_sequence: seq,
+            token: token.clone(),
+            transition: t.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            actor: actor.clone(),
+            input: input.clone(),
+            config: action.config.clone(),
+            fired_at: event.time,
+        };
+        match plugin.run_action(&input, engine.source()).await {
+            Ok(out) => all_requests.push((ai, action.plugin.clone(), out.value)),
+            Err(e) => {
+                tracing::debug!(seq, delivered, plugin = %action.plugin, error = %e, "action attempt failed");
+                return Outcome::Failed {
+                    plugin: action.plugin.clone(),
+                    error: e.to_string(),
+                };
+            }
+        }
+    }
+    let mut own_token_expected = Some(seq - 1);
+    for (ai, plugin, requests) in all_requests {
+        for (ri, r) in requests.into_iter().enumerate() {
+            let same = r.workflow_id == event.workflow_id && r.token_id == event.token_id;
+            let req = FireRequest {
+                workflow: r.workflow_id,
+                token: r.token_id,
+                transition: r.transition,
+                input: r.input,
+                actor: Some(format!("action:{plugin}")),
+                expected_revision: if same { own_token_expected.take() } else { None },
+                idempotency_key: Some(format!("cb-action-{seq}-{ai}-{ri}")),
+            };
+            match engine.fire(req.clone()).await {
+                Ok(_) => {}
+                // Already applied by an earlier delivery, or the token moved
+                // on since the action ran: nothing more to do.
+                Err(
+                    FireError::Duplicate { .. } | FireError::Conflict { .. } | FireError::NotEnabled { .. },
+                ) => {
+                    tracing::debug!(seq, token = %req.token, transition = %req.transition, "follow-up already applied or superseded");
+                }
+                Err(FireError::Unavailable(e)) => return Outcome::Retry(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(seq, token = %req.token, transition = %req.transition, error = %e, "follow-up firing refused");
+                }
+            }
+        }
+    }
+    Outcome::Done
+}
