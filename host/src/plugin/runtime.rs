@@ -326,6 +326,64 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// What `plugin inspect` shows: the component's identity and interface.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inspection {
+    /// Name (file stem).
+    pub name: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// The world it targets, when it fits one.
+    pub world: Option<World>,
+    /// Why it does not load, when it does not.
+    pub problem: Option<String>,
+    /// Imported interfaces (e.g. `circuit-breaker:plugin/token-reader@0.1.0`).
+    pub imports: Vec<String>,
+    /// Exports (e.g. `evaluate`).
+    pub exports: Vec<String>,
+    /// Versions of the `circuit-breaker:plugin` package it imports.
+    pub wit_versions: Vec<String>,
+}
+
+impl PluginRuntime {
+    /// Describes a component without running it.
+    pub fn inspect(&self, name: &str, bytes: &[u8]) -> Result<Inspection, PluginError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        check_header(bytes).map_err(|reason| PluginError::InvalidComponent {
+            plugin: name.to_string(),
+            reason,
+        })?;
+        let (component, _) = self.compile_cached(name, &digest, bytes)?;
+        let ty = component.component_type();
+        let engine = &self.shared.engine;
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        let mut wit_versions: Vec<String> = imports
+            .iter()
+            .filter_map(|i| i.strip_prefix("circuit-breaker:plugin/"))
+            .filter_map(|i| i.split_once('@').map(|(_, v)| v.to_string()))
+            .collect();
+        wit_versions.sort();
+        wit_versions.dedup();
+        let (world, problem) = match self.load(name, bytes) {
+            Ok(p) => (Some(p.world()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Ok(Inspection {
+            name: name.to_string(),
+            digest,
+            size: bytes.len(),
+            world,
+            problem,
+            imports,
+            exports,
+            wit_versions,
+        })
+    }
+}
+
 /// The world from the component's exports.
 fn detect_world(engine: &Engine, name: &str, component: &Component) -> Result<World, PluginError> {
     let ty = component.component_type();

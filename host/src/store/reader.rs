@@ -289,6 +289,18 @@ impl StoreReader {
             .ok_or_else(|| StoreError::NotFound(missing()))
     }
 
+    /// The workflow a token belongs (or belonged) to, found from its newest
+    /// event: one wildcard Direct Get, which also finds completed tokens.
+    pub async fn token_workflow(&self, token: &Id) -> Result<Id, StoreError> {
+        let subject = format!("{}.workflows.*.events.*.{token}", self.shared.config.prefix);
+        let missing = || Missing::Token {
+            workflow: None,
+            token: token.clone(),
+        };
+        let msg = self.last_for("find token workflow", subject, missing).await?;
+        decode_event(&msg).map(|e| e.workflow_id)
+    }
+
     /// One page of the tokens in `place`, in stream order. Start with
     /// `cursor = None`; pass the returned `next` for the following page.
     ///

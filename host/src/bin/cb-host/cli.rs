@@ -1,0 +1,636 @@
+//! Command-line parsing and the commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cb_host::api::{
+    ApiClient, ApiError, CompleteReply, EnabledReply, TokenCreate, TokenFire, TokenHistory, TokenList,
+    TokenRef, WorkflowGet,
+};
+use cb_host::engine::{DispatcherConfig, Fired};
+use cb_host::model::{Event, Id, Metadata, StoredDefinition, Token, WorkflowDefinition};
+use cb_host::plugin::{PluginInfo, PluginRuntime, RuntimeConfig};
+use cb_host::store::{Page, StorageKind, StoreConfig};
+use cb_host::{Host, connect};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::embedded::EmbeddedNats;
+use crate::output::Out;
+
+/// Exit codes, documented in `--help` and the README.
+pub(crate) mod exit {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const ERROR: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+    pub(crate) const DENIED: u8 = 3;
+    pub(crate) const CONFLICT: u8 = 4;
+    pub(crate) const NOT_FOUND: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 error, 2 usage, 3 denied by a guard, 4 conflict, 5 not found.
+
+Client commands find the server through --nats-url, else <data-dir>/nats.url
+(written by `cb-host serve` when it starts its own nats-server).
+
+Examples:
+  cb-host serve --plugins target/plugins --definitions examples/workflows
+  cb-host workflow apply examples/workflows/expense-approval.json
+  cb-host token create expense-approval --data '{\"amount\": 120, \"owner\": \"ana\"}'
+  cb-host token fire <TOKEN> submit
+  cb-host demo";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cb-host",
+    version,
+    about = "Circuit Breaker: a workflow host with WebAssembly guards and actions, state in NATS JetStream",
+    after_help = AFTER_HELP
+)]
+pub(crate) struct Cli {
+    /// NATS server or cluster URL(s), comma separated. Without it, `serve`
+    /// and `demo` start a local nats-server, and client commands read
+    /// <data-dir>/nats.url.
+    #[arg(long, env = "CB_NATS_URL", global = true)]
+    nats_url: Option<String>,
+    /// Directory for the embedded nats-server's data and URL file.
+    #[arg(long, env = "CB_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Subject prefix (everything lives under <prefix>.workflows.>, the API
+    /// under <prefix>.api.>).
+    #[arg(long, env = "CB_PREFIX", global = true)]
+    prefix: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Request timeout for client commands, in milliseconds.
+    #[arg(long, env = "CB_TIMEOUT_MS", default_value_t = 10_000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host: service API, action dispatcher, and (without
+    /// --nats-url) a local nats-server.
+    ///
+    /// Example: cb-host serve --plugins target/plugins --definitions examples/workflows
+    Serve(ServeArgs),
+    /// Apply, get and list workflow definitions.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// Create, read, list and fire tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List loaded plugins, inspect and test plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// The whole mission in one command: a local nats-server, example
+    /// workflows and plugins, allowed and denied firings, an action, and
+    /// proof that reads consume nothing.
+    ///
+    /// Example: make demo   (or: cb-host demo --plugins target/plugins)
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeArgs {
+    /// TOML file with any of: nats_url, data_dir, prefix, stream, replicas,
+    /// storage, plugins, definitions, nats_server_bin. Flags and env win.
+    #[arg(long, env = "CB_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Load every .wasm in this directory.
+    #[arg(long, env = "CB_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Apply every .json definition in this directory at start.
+    #[arg(long, env = "CB_DEFINITIONS")]
+    definitions: Option<PathBuf>,
+    /// The nats-server to start when no --nats-url is given.
+    #[arg(long, env = "CB_NATS_SERVER_BIN")]
+    nats_server_bin: Option<PathBuf>,
+    /// JetStream stream name.
+    #[arg(long, env = "CB_STREAM")]
+    stream: Option<String>,
+    /// Stream replicas (1 for one server, 3 for a cluster). Default: 1 with
+    /// the embedded server, 3 with --nats-url.
+    #[arg(long, env = "CB_REPLICAS")]
+    replicas: Option<usize>,
+    /// Stream storage: file or memory.
+    #[arg(long, env = "CB_STORAGE")]
+    storage: Option<String>,
+    #[arg(skip)]
+    nats_url: Option<String>,
+    #[arg(skip)]
+    data_dir: Option<PathBuf>,
+    #[arg(skip)]
+    prefix: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkflowCmd {
+    /// Store a definition from a JSON file (a new version if it changed).
+    ///
+    /// Example: cb-host workflow apply examples/workflows/expense-approval.json
+    Apply { file: PathBuf },
+    /// Show a definition (the latest, or --version).
+    ///
+    /// Example: cb-host workflow get expense-approval
+    Get {
+        id: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List every workflow's latest definition.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token in the workflow's initial place.
+    ///
+    /// Example: cb-host token create expense-approval --data '{"amount": 120}'
+    Create {
+        workflow: String,
+        /// Initial data (JSON).
+        #[arg(long)]
+        data: Option<String>,
+        /// Metadata (a JSON object of strings).
+        #[arg(long)]
+        metadata: Option<String>,
+        /// Choose the id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Show a token.
+    ///
+    /// Example: cb-host token get 0mzk3u1h2z8f1k2j3h4g5f6d7s
+    Get {
+        id: String,
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// List the tokens in a place.
+    ///
+    /// Example: cb-host token list expense-approval --place submitted
+    List {
+        workflow: String,
+        #[arg(long)]
+        place: String,
+    },
+    /// Fire a transition on a token; prints every denial if guards refuse
+    /// (exit 3).
+    ///
+    /// Example: cb-host token fire <TOKEN> approve --input '{"note": "ok"}'
+    Fire {
+        id: String,
+        transition: String,
+        /// Input for the guards (JSON).
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Which transitions can fire now, and why the others cannot.
+    ///
+    /// Example: cb-host token enabled <TOKEN>
+    Enabled {
+        id: String,
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// A token's history: its transition and lifecycle events.
+    ///
+    /// Example: cb-host token history <TOKEN>
+    History {
+        id: String,
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Complete a token: it leaves its place; its history stays.
+    ///
+    /// Example: cb-host token complete <TOKEN>
+    Complete {
+        id: String,
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCmd {
+    /// The plugins the running host has loaded.
+    List,
+    /// A plugin file's world, imports, exports, WIT version and digest
+    /// (no NATS needed).
+    ///
+    /// Example: cb-host plugin inspect target/plugins/amount-limit.wasm
+    Inspect { file: PathBuf },
+}
+
+/// Parses and runs; maps errors to exit codes.
+pub(crate) fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cb::plugin=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let out = Out { json: cli.json };
+    match run(cli, out) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let code = exit_code(&e);
+            if out.json {
+                let body = match e.downcast_ref::<ApiError>() {
+                    Some(ApiError::Service(info)) => serde_json::json!({ "error": info }),
+                    _ => serde_json::json!({ "error": { "code": "error", "message": format!("{e:#}") } }),
+                };
+                println!("{body}");
+            } else {
+                out.error(&e);
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(UsageError(_)) = e.downcast_ref::<UsageError>() {
+        return exit::USAGE;
+    }
+    match e.downcast_ref::<ApiError>() {
+        Some(ApiError::Service(info)) => match info.code.as_str() {
+            "denied" => exit::DENIED,
+            "conflict" | "duplicate" | "not-enabled" => exit::CONFLICT,
+            "not-found" | "unknown-transition" => exit::NOT_FOUND,
+            "invalid" => exit::USAGE,
+            _ => exit::ERROR,
+        },
+        _ => exit::ERROR,
+    }
+}
+
+/// Bad arguments found after parsing (a bad id, bad JSON): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+fn id(s: &str, what: &str) -> anyhow::Result<Id> {
+    Id::new(s).map_err(|e| UsageError(format!("{what}: {e}")).into())
+}
+
+fn json_arg(s: Option<&str>, what: &str) -> anyhow::Result<serde_json::Value> {
+    match s {
+        None => Ok(serde_json::Value::Null),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| UsageError(format!("--{what} is not valid JSON: {e}")).into()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn data_dir(cli: &Cli) -> PathBuf {
+    cli.data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./.cb-host"))
+}
+
+fn prefix(cli: &Cli) -> String {
+    cli.prefix.clone().unwrap_or_else(|| "cb".into())
+}
+
+/// The URL for client commands: --nats-url, else <data-dir>/nats.url.
+fn client_url(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(u) = &cli.nats_url {
+        return Ok(u.clone());
+    }
+    let file = data_dir(cli).join("nats.url");
+    std::fs::read_to_string(&file)
+        .map(|s| s.trim().to_string())
+        .with_context(|| {
+            format!(
+                "no --nats-url given and no {} (start `cb-host serve` first, or pass --nats-url)",
+                file.display()
+            )
+        })
+}
+
+fn run(cli: Cli, out: Out) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => serve(&cli, args),
+        Command::Demo(args) => crate::demo::run(&cli.nats_url, args, out),
+        Command::Plugin(PluginCmd::Inspect { file }) => inspect(file, out),
+        _ => {
+            let rt = runtime()?;
+            rt.block_on(client_command(&cli, out))
+        }
+    }
+}
+
+fn inspect(file: &Path, out: Out) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rt = PluginRuntime::new(RuntimeConfig::default())?;
+    let info = rt.inspect(&name, &bytes).map_err(|e| UsageError(e.to_string()))?;
+    out.inspection(&info);
+    if let Some(problem) = &info.problem {
+        bail!("{problem}");
+    }
+    Ok(())
+}
+
+async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
+    let url = client_url(cli)?;
+    let client = connect(&url).await?;
+    let api = ApiClient::new(client, &prefix(cli), Duration::from_millis(cli.timeout_ms));
+    let wf = |s: &Option<String>| -> anyhow::Result<Option<Id>> {
+        s.as_deref().map(|w| id(w, "workflow")).transpose()
+    };
+    match &cli.command {
+        Command::Workflow(WorkflowCmd::Apply { file }) => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Validate locally for a precise error before sending.
+            WorkflowDefinition::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
+            let d: StoredDefinition = api.call_raw("workflow.apply", bytes).await?;
+            out.definition(&d);
+        }
+        Command::Workflow(WorkflowCmd::Get { id: w, version }) => {
+            let d: StoredDefinition = api
+                .call(
+                    "workflow.get",
+                    &WorkflowGet {
+                        id: id(w, "workflow")?,
+                        version: *version,
+                    },
+                )
+                .await?;
+            out.definition(&d);
+        }
+        Command::Workflow(WorkflowCmd::List) => {
+            let list: Vec<StoredDefinition> = api.call("workflow.list", &serde_json::json!({})).await?;
+            out.definitions(&list);
+        }
+        Command::Token(TokenCmd::Create {
+            workflow,
+            data,
+            metadata,
+            id: tid,
+            actor,
+        }) => {
+            let metadata: Metadata = match metadata {
+                None => Metadata::new(),
+                Some(m) => serde_json::from_str(m)
+                    .map_err(|e| UsageError(format!("--metadata must be a JSON object of strings: {e}")))?,
+            };
+            let req = TokenCreate {
+                workflow: id(workflow, "workflow")?,
+                id: tid.as_deref().map(|t| id(t, "token id")).transpose()?,
+                data: json_arg(data.as_deref(), "data")?,
+                metadata,
+                actor: actor.clone(),
+            };
+            let t: Token = api.call("token.create", &req).await?;
+            out.token(&t);
+        }
+        Command::Token(TokenCmd::Get { id: t, workflow }) => {
+            let t: Token = api
+                .call(
+                    "token.get",
+                    &TokenRef {
+                        workflow: wf(workflow)?,
+                        id: id(t, "token id")?,
+                        actor: None,
+                    },
+                )
+                .await?;
+            out.token(&t);
+        }
+        Command::Token(TokenCmd::List { workflow, place }) => {
+            let (workflow, place) = (id(workflow, "workflow")?, id(place, "place")?);
+            let mut all = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page: Page<Token> = api
+                    .call(
+                        "token.list",
+                        &TokenList {
+                            workflow: workflow.clone(),
+                            place: place.clone(),
+                            cursor,
+                            limit: None,
+                        },
+                    )
+                    .await?;
+                all.extend(page.items);
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            out.tokens(&all);
+        }
+        Command::Token(TokenCmd::Fire {
+            id: t,
+            transition,
+            input,
+            workflow,
+            actor,
+        }) => {
+            let req = TokenFire {
+                workflow: wf(workflow)?,
+                id: id(t, "token id")?,
+                transition: id(transition, "transition")?,
+                input: json_arg(input.as_deref(), "input")?,
+                actor: actor.clone(),
+            };
+            let f: Fired = api.call("token.fire", &req).await?;
+            out.fired(&f);
+        }
+        Command::Token(TokenCmd::Enabled { id: t, workflow }) => {
+            let r: EnabledReply = api
+                .call(
+                    "token.enabled",
+                    &TokenRef {
+                        workflow: wf(workflow)?,
+                        id: id(t, "token id")?,
+                        actor: None,
+                    },
+                )
+                .await?;
+            out.enabled(&r);
+        }
+        Command::Token(TokenCmd::History { id: t, workflow }) => {
+            let (tid, workflow) = (id(t, "token id")?, wf(workflow)?);
+            let mut all: Vec<Event> = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page: Page<Event> = api
+                    .call(
+                        "token.history",
+                        &TokenHistory {
+                            workflow: workflow.clone(),
+                            id: tid.clone(),
+                            cursor,
+                            limit: None,
+                        },
+                    )
+                    .await?;
+                all.extend(page.items);
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            out.history(&all);
+        }
+        Command::Token(TokenCmd::Complete {
+            id: t,
+            workflow,
+            actor,
+        }) => {
+            let r: CompleteReply = api
+                .call(
+                    "token.complete",
+                    &TokenRef {
+                        workflow: wf(workflow)?,
+                        id: id(t, "token id")?,
+                        actor: actor.clone(),
+                    },
+                )
+                .await?;
+            out.completed(t, &r);
+        }
+        Command::Plugin(PluginCmd::List) => {
+            let list: Vec<PluginInfo> = api.call("plugin.list", &serde_json::json!({})).await?;
+            out.plugins(&list);
+        }
+        Command::Serve(_) | Command::Demo(_) | Command::Plugin(PluginCmd::Inspect { .. }) => unreachable!(),
+    }
+    Ok(())
+}
+
+/// Settings of `serve` after merging flags/env over the config file.
+fn serve_settings(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ServeArgs> {
+    let file: ServeArgs = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+        }
+        None => ServeArgs::default(),
+    };
+    Ok(ServeArgs {
+        config: args.config.clone(),
+        plugins: args.plugins.clone().or(file.plugins),
+        definitions: args.definitions.clone().or(file.definitions),
+        nats_server_bin: args.nats_server_bin.clone().or(file.nats_server_bin),
+        stream: args.stream.clone().or(file.stream),
+        replicas: args.replicas.or(file.replicas),
+        storage: args.storage.clone().or(file.storage),
+        nats_url: cli.nats_url.clone().or(file.nats_url),
+        data_dir: cli.data_dir.clone().or(file.data_dir),
+        prefix: cli.prefix.clone().or(file.prefix),
+    })
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    let s = serve_settings(cli, args)?;
+    let data_dir = s.data_dir.clone().unwrap_or_else(|| PathBuf::from("./.cb-host"));
+    // Start the embedded server on the main thread, before the runtime:
+    // PR_SET_PDEATHSIG follows the thread that spawned the child.
+    let mut embedded = match &s.nats_url {
+        Some(_) => None,
+        None => {
+            let bin = s
+                .nats_server_bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("nats-server"));
+            Some(EmbeddedNats::start(&bin, &data_dir)?)
+        }
+    };
+    let url = s
+        .nats_url
+        .clone()
+        .or_else(|| embedded.as_ref().map(|e| e.url().to_string()))
+        .expect("one of both");
+    let mut store = if embedded.is_some() {
+        StoreConfig::development()
+    } else {
+        StoreConfig::production()
+    };
+    if let Some(p) = &s.prefix {
+        store.prefix = p.clone();
+    }
+    if let Some(st) = &s.stream {
+        store.stream = st.clone();
+    }
+    if let Some(r) = s.replicas {
+        store.replicas = r;
+    }
+    match s.storage.as_deref() {
+        None | Some("file") => {}
+        Some("memory") => store.storage = StorageKind::Memory,
+        Some(other) => {
+            return Err(UsageError(format!("--storage must be file or memory, not {other:?}")).into());
+        }
+    }
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let mut builder = Host::builder().nats_url(&url).store(store);
+        if let Some(dir) = &s.plugins {
+            builder = builder.plugin_dir(dir);
+        }
+        let host = builder.build().await?;
+        if let Some(dir) = &s.definitions {
+            for d in host.apply_dir(dir).await? {
+                tracing::info!(workflow = %d.definition.id, version = d.version, "definition ready");
+            }
+        }
+        let serving = host.serve(DispatcherConfig::default()).await?;
+        tracing::info!(nats = %url, "cb-host serving; Ctrl-C or SIGTERM to stop");
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and actions in progress");
+        serving.shutdown().await;
+        host.client().flush().await.ok();
+        anyhow::Ok(())
+    });
+    drop(rt);
+    if let Some(e) = embedded.as_mut() {
+        e.stop();
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

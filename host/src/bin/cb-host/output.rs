@@ -1,0 +1,253 @@
+//! Human-readable and JSON output.
+
+use cb_host::api::{CompleteReply, EnabledReply};
+use cb_host::engine::Fired;
+use cb_host::model::{Event, EventKind, StoredDefinition, Token};
+use cb_host::plugin::{Inspection, PluginInfo};
+use serde::Serialize;
+
+/// Where command results go: text for people, `--json` for scripts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Out {
+    pub(crate) json: bool,
+}
+
+fn ts(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Out {
+    fn json<T: Serialize>(&self, v: &T) -> bool {
+        if self.json {
+            println!("{}", serde_json::to_string(v).expect("serializable"));
+        }
+        self.json
+    }
+
+    pub(crate) fn error(&self, e: &anyhow::Error) {
+        use cb_host::api::ApiError;
+        match e.downcast_ref::<ApiError>() {
+            Some(ApiError::Service(info)) => {
+                eprintln!("error ({}): {}", info.code, info.message);
+                for d in &info.denials {
+                    eprintln!("  - {} ({}): {}", d.plugin, d.code, d.message);
+                    if !d.details.is_null() {
+                        eprintln!("    details: {}", d.details);
+                    }
+                }
+            }
+            _ => eprintln!("error: {e:#}"),
+        }
+    }
+
+    pub(crate) fn definition(&self, d: &StoredDefinition) {
+        if self.json(d) {
+            return;
+        }
+        let def = &d.definition;
+        println!(
+            "workflow {} \"{}\" version {} (stored {})",
+            def.id,
+            def.name,
+            d.version,
+            ts(d.stored_at)
+        );
+        println!(
+            "  places: {}",
+            def.places
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("  initial place: {}", def.initial_place);
+        for t in &def.transitions {
+            let from = t.from.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("|");
+            let guards = t.guards.iter().map(|g| g.plugin.to_string()).collect::<Vec<_>>();
+            let actions = t.actions.iter().map(|g| g.plugin.to_string()).collect::<Vec<_>>();
+            print!("  {}: {from} -> {}", t.id, t.to);
+            if !guards.is_empty() {
+                print!("  guards: {}", guards.join(", "));
+            }
+            if !actions.is_empty() {
+                print!("  actions: {}", actions.join(", "));
+            }
+            println!();
+        }
+    }
+
+    pub(crate) fn definitions(&self, list: &[StoredDefinition]) {
+        if self.json(&list) {
+            return;
+        }
+        if list.is_empty() {
+            println!("no workflows");
+        }
+        for d in list {
+            println!(
+                "{:<24} version {:<8} {} places, {} transitions  \"{}\"",
+                d.definition.id.to_string(),
+                d.version,
+                d.definition.places.len(),
+                d.definition.transitions.len(),
+                d.definition.name
+            );
+        }
+    }
+
+    pub(crate) fn token(&self, t: &Token) {
+        if self.json(t) {
+            return;
+        }
+        println!(
+            "token {} (workflow {}) in `{}`, revision {}",
+            t.id, t.workflow_id, t.place, t.revision
+        );
+        println!("  data:     {}", t.data);
+        if !t.metadata.is_empty() {
+            println!(
+                "  metadata: {}",
+                serde_json::to_string(&t.metadata).unwrap_or_default()
+            );
+        }
+        println!(
+            "  created {}, updated {}, definition version {}",
+            ts(t.created_at),
+            ts(t.updated_at),
+            t.definition_version
+        );
+    }
+
+    pub(crate) fn tokens(&self, list: &[Token]) {
+        if self.json(&list) {
+            return;
+        }
+        if list.is_empty() {
+            println!("no tokens");
+        }
+        for t in list {
+            println!(
+                "{:<28} {:<14} rev {:<8} {}",
+                t.id.to_string(),
+                t.place.to_string(),
+                t.revision,
+                t.data
+            );
+        }
+    }
+
+    pub(crate) fn fired(&self, f: &Fired) {
+        if self.json(f) {
+            return;
+        }
+        println!(
+            "fired {}: token {} {} -> {} (revision {}, event {})",
+            f.transition, f.token.id, f.from, f.token.place, f.token.revision, f.event_sequence
+        );
+    }
+
+    pub(crate) fn enabled(&self, r: &EnabledReply) {
+        if self.json(r) {
+            return;
+        }
+        println!("token {} in `{}`:", r.token.id, r.token.place);
+        if r.transitions.is_empty() {
+            println!("  no transitions from this place");
+        }
+        for t in &r.transitions {
+            if t.enabled {
+                println!("  [can fire]  {} -> {}", t.transition, t.to);
+            } else {
+                println!("  [blocked]   {} -> {}", t.transition, t.to);
+                for d in &t.denials {
+                    println!("      {} ({}): {}", d.plugin, d.code, d.message);
+                }
+                if let Some(e) = &t.error {
+                    println!("      guard error: {e}");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn history(&self, events: &[Event]) {
+        if self.json(&events) {
+            return;
+        }
+        for e in events {
+            let what = match &e.kind {
+                EventKind::Transition {
+                    transition,
+                    from,
+                    to,
+                    actor,
+                    ..
+                } => {
+                    format!(
+                        "{transition}: {from} -> {to}{}",
+                        actor.as_deref().map(|a| format!(" by {a}")).unwrap_or_default()
+                    )
+                }
+                EventKind::Created { place, .. } => format!("created in {place}"),
+                EventKind::Updated { .. } => "data updated".into(),
+                EventKind::Completed { place, .. } => format!("completed in {place}"),
+                EventKind::ActionFailed {
+                    plugin,
+                    error,
+                    attempts,
+                    ..
+                } => {
+                    format!("action {plugin} failed after {attempts} attempts: {error}")
+                }
+            };
+            println!("{:>8}  {}  {what}", e.sequence, ts(e.time));
+        }
+    }
+
+    pub(crate) fn completed(&self, token: &str, r: &CompleteReply) {
+        if self.json(r) {
+            return;
+        }
+        println!("token {token} completed (event {})", r.event_sequence);
+    }
+
+    pub(crate) fn plugins(&self, list: &[PluginInfo]) {
+        if self.json(&list) {
+            return;
+        }
+        if list.is_empty() {
+            println!("no plugins loaded");
+        }
+        for p in list {
+            println!(
+                "{:<20} {:<7} {:>8} bytes  {}",
+                p.name,
+                p.world.to_string(),
+                p.size,
+                p.digest
+            );
+        }
+    }
+
+    pub(crate) fn inspection(&self, i: &Inspection) {
+        if self.json(i) {
+            return;
+        }
+        println!("plugin {}", i.name);
+        println!("  digest:  {}", i.digest);
+        println!("  size:    {} bytes", i.size);
+        match (&i.world, &i.problem) {
+            (Some(w), _) => println!(
+                "  world:   {w} (circuit-breaker:plugin@{})",
+                i.wit_versions.join(", ")
+            ),
+            (None, Some(p)) => println!("  world:   none: {p}"),
+            _ => {}
+        }
+        println!("  exports: {}", i.exports.join(", "));
+        println!("  imports:");
+        for imp in &i.imports {
+            println!("    {imp}");
+        }
+    }
+}

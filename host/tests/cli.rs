@@ -1,0 +1,459 @@
+//! The real `cb-host` binary against a real nats-server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cb_test_support::NatsServer;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cb-host");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A plugin directory with the plugins the example workflow uses.
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path) in cb_test_plugins::ALL {
+        if ["amount-limit", "require-fields", "auto-advance", "audit-log"].contains(name) {
+            std::fs::copy(path, dir.path().join(format!("{name}.wasm"))).unwrap();
+        }
+    }
+    dir
+}
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--nats-url")
+        .arg(url)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+struct Serve {
+    child: Child,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the service answers `$SRV.PING` on `url`.
+fn wait_service(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        loop {
+            if let Ok(c) = async_nats::connect(url).await
+                && let Ok(Ok(_)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    c.request("$SRV.PING.circuit-breaker", "".into()),
+                )
+                .await
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "service did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+fn serve_with(url: &str, plugins: &Path) -> Serve {
+    let child = Command::new(BIN)
+        .args(["--nats-url", url, "serve", "--replicas", "1", "--plugins"])
+        .arg(plugins)
+        .arg("--definitions")
+        .arg(root().join("examples/workflows"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_service(url);
+    Serve { child }
+}
+
+#[test]
+fn every_cli_command_round_trips_with_json_output() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let plugins = plugin_dir();
+    let _serve = serve_with(&url, plugins.path());
+
+    let list = json_of(&cli(&url, &["--json", "workflow", "list"]));
+    assert_eq!(list[0]["definition"]["id"], "expense-approval");
+    let got = json_of(&cli(&url, &["--json", "workflow", "get", "expense-approval"]));
+    assert_eq!(got["version"], list[0]["version"]);
+    let file = root().join("examples/workflows/expense-approval.json");
+    let applied = json_of(&cli(
+        &url,
+        &["--json", "workflow", "apply", file.to_str().unwrap()],
+    ));
+    assert_eq!(applied["version"], list[0]["version"], "re-applying is a no-op");
+
+    let t = json_of(&cli(
+        &url,
+        &[
+            "--json",
+            "token",
+            "create",
+            "expense-approval",
+            "--id",
+            "e1",
+            "--data",
+            r#"{"amount": 100, "owner": "ana"}"#,
+            "--metadata",
+            r#"{"team": "x"}"#,
+        ],
+    ));
+    for key in [
+        "id",
+        "workflow_id",
+        "place",
+        "data",
+        "metadata",
+        "revision",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(t.get(key).is_some(), "token JSON lacks {key}: {t}");
+    }
+    assert_eq!(t["place"], "draft");
+    assert_eq!(t["metadata"]["team"], "x");
+    let g = json_of(&cli(&url, &["--json", "token", "get", "e1"]));
+    assert_eq!(g["revision"], t["revision"]);
+
+    let en = json_of(&cli(&url, &["--json", "token", "enabled", "e1"]));
+    assert_eq!(en["transitions"][0]["transition"], "submit");
+    assert_eq!(en["transitions"][0]["enabled"], true);
+
+    let f = json_of(&cli(
+        &url,
+        &[
+            "--json",
+            "token",
+            "fire",
+            "e1",
+            "submit",
+            "--input",
+            r#"{"note": "hi"}"#,
+        ],
+    ));
+    assert_eq!(f["token"]["place"], "submitted");
+    let f = json_of(&cli(&url, &["--json", "token", "fire", "e1", "approve"]));
+    assert_eq!(f["token"]["place"], "approved");
+
+    // The dispatcher's auto-advance moves it to `paid`.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let g = json_of(&cli(&url, &["--json", "token", "get", "e1"]));
+        if g["place"] == "paid" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "auto-advance did not run: {g}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = json_of(&cli(
+        &url,
+        &["--json", "token", "list", "expense-approval", "--place", "paid"],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let h = json_of(&cli(&url, &["--json", "token", "history", "e1"]));
+    let kinds: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "transition", "transition", "transition"]);
+    let done = json_of(&cli(&url, &["--json", "token", "complete", "e1"]));
+    assert!(done["event_sequence"].as_u64().unwrap() > 0);
+    let plugins = json_of(&cli(&url, &["--json", "plugin", "list"]));
+    assert_eq!(plugins.as_array().unwrap().len(), 4);
+
+    // Human output reads well too.
+    let out = cli(&url, &["token", "history", "e1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pay: approved -> paid") && text.contains("completed in paid"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_input_and_refusals_get_their_exit_codes_and_messages() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let plugins = plugin_dir();
+    let _serve = serve_with(&url, plugins.path());
+    json_of(&cli(
+        &url,
+        &[
+            "--json",
+            "token",
+            "create",
+            "expense-approval",
+            "--id",
+            "big",
+            "--data",
+            r#"{"amount": 5000}"#,
+        ],
+    ));
+
+    let out = cli(&url, &["token", "fire", "big", "submit"]);
+    assert_eq!(out.status.code(), Some(3), "denied exits 3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("require-fields (missing-fields)") && err.contains("amount-limit (amount-over-limit)"),
+        "{err}"
+    );
+
+    let out = cli(&url, &["--json", "token", "fire", "big", "submit"]);
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["error"]["code"], "denied");
+    assert_eq!(body["error"]["denials"].as_array().unwrap().len(), 2);
+
+    assert_eq!(
+        cli(&url, &["token", "get", "nope"]).status.code(),
+        Some(5),
+        "not found exits 5"
+    );
+    assert_eq!(
+        cli(&url, &["token", "fire", "big", "nope"]).status.code(),
+        Some(5),
+        "unknown transition exits 5"
+    );
+    assert_eq!(
+        cli(&url, &["token", "fire", "big", "approve"]).status.code(),
+        Some(4),
+        "not enabled exits 4"
+    );
+    for args in [
+        vec!["frobnicate"],
+        vec!["token", "get", "a.b"],
+        vec!["token", "get", "*"],
+        vec!["token", "create", "expense-approval", "--data", "{not json"],
+        vec!["token", "fire", "big", "submit", "--input", "[1,"],
+    ] {
+        let out = cli(&url, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+    let bad_def = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad_def.path(),
+        r#"{"id": "x", "places": ["a"], "initial_place": "b", "transitions": []}"#,
+    )
+    .unwrap();
+    let out = cli(&url, &["workflow", "apply", bad_def.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("initial place"));
+    // A client with no server to talk to fails clearly.
+    let out = Command::new(BIN)
+        .args(["--data-dir", "/nonexistent", "token", "get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nats.url"));
+}
+
+#[test]
+fn the_service_api_is_discoverable_and_errors_are_typed() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let plugins = plugin_dir();
+    let _serve = serve_with(&url, plugins.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(&url).await.unwrap();
+        let info = c.request("$SRV.INFO.circuit-breaker", "".into()).await.unwrap();
+        let info: Value = serde_json::from_slice(&info.payload).unwrap();
+        let subjects: Vec<&str> = info["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap())
+            .collect();
+        for ep in cb_host::api::ENDPOINTS {
+            assert!(
+                subjects.contains(&format!("cb.api.{ep}").as_str()),
+                "{ep} missing from {subjects:?}"
+            );
+        }
+        let cases: [(&str, &str, &str, &str); 5] = [
+            ("token.get", r#"{"id": "ghost"}"#, "404", "not-found"),
+            ("token.get", r#"{"id": "a.b"}"#, "400", "invalid"),
+            ("token.get", "{nope", "400", "invalid"),
+            (
+                "workflow.apply",
+                r#"{"id": "w", "places": [], "initial_place": "a", "transitions": []}"#,
+                "400",
+                "invalid",
+            ),
+            (
+                "token.create",
+                r#"{"workflow": "expense-approval", "data": {"amount": 1}, "bogus": 1}"#,
+                "400",
+                "invalid",
+            ),
+        ];
+        for (ep, body, status, code) in cases {
+            let r = c
+                .request(format!("cb.api.{ep}"), body.to_string().into())
+                .await
+                .unwrap();
+            let h = r
+                .headers
+                .as_ref()
+                .unwrap_or_else(|| panic!("{ep} {body}: no error headers"));
+            assert_eq!(
+                h.get("Nats-Service-Error-Code").unwrap().as_str(),
+                status,
+                "{ep} {body}"
+            );
+            let v: Value = serde_json::from_slice(&r.payload).unwrap();
+            assert_eq!(v["error"]["code"], code, "{ep} {body}: {v}");
+        }
+    });
+}
+
+/// Whether a nats-server whose command line mentions `needle` is alive.
+fn process_with(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains("nats-server") && cmd.contains(needle)
+    })
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve_embedded(data: &Path, plugins: &Path) -> Child {
+    let url_file = data.join("nats.url");
+    let _ = std::fs::remove_file(&url_file);
+    let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--plugins"])
+        .arg(plugins)
+        .arg("--definitions")
+        .arg(root().join("examples/workflows"))
+        .arg("--nats-server-bin")
+        .arg(cb_test_support::nats_server_bin())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("nats.url", || url_file.exists());
+    let url = std::fs::read_to_string(&url_file).unwrap();
+    wait_service(&url);
+    child
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_child(mut child: Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cb-host did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_embedded_default_stops_cleanly_and_keeps_its_data() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let marker = data.path().to_str().unwrap().to_string();
+    let child = serve_embedded(data.path(), plugins.path());
+    assert!(process_with(&marker), "embedded nats-server runs");
+    // Client commands find the server through <data-dir>/nats.url.
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--json", "token", "create", "expense-approval", "--id", "keep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SIGTERM: graceful, exit 0, no nats-server left.
+    sigterm(&child);
+    assert_eq!(wait_child(child).code(), Some(0));
+    assert!(!process_with(&marker), "nats-server left behind after SIGTERM");
+    // A second start sees the first one's data.
+    let child = serve_embedded(data.path(), plugins.path());
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--json", "token", "get", "keep"])
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&out)["id"], "keep");
+    sigterm(&child);
+    assert_eq!(wait_child(child).code(), Some(0));
+    assert!(!process_with(&marker));
+}
+
+#[test]
+fn kill_9_of_serve_takes_the_embedded_server_with_it() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir();
+    let marker = data.path().to_str().unwrap().to_string();
+    let mut child = serve_embedded(data.path(), plugins.path());
+    assert!(process_with(&marker));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    wait_until("the orphaned nats-server to die", || !process_with(&marker));
+}
