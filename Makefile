@@ -19,8 +19,7 @@ lint:
 ## test: everything CI runs: setup, lint, all tests against real nats-server
 ## (benches are not run here: speed is measured by `make bench`, not in tests)
 test: setup lint
-	$(WITH_NATS) $(CARGO) test --workspace --lib --bins --tests --examples
-	$(WITH_NATS) $(CARGO) test --workspace --doc
+	@scripts/run-tests.sh
 
 ## plugins: build the example plugins into target/plugins/<name>.wasm
 plugins: setup

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod harness;
 mod host;
 pub mod model;
 pub mod plugin;

@@ -315,12 +315,22 @@ impl StoreReader {
         limit: usize,
     ) -> Result<Page<Token>, StoreError> {
         let filter = self.shared.subjects.place(workflow, place);
-        let (msgs, next) = self.next_page(&filter, cursor.unwrap_or(1), limit.max(1)).await?;
-        let mut items = Vec::with_capacity(msgs.len());
-        for m in &msgs {
-            if let Some(t) = self.decode_token(m)? {
-                items.push(t);
+        let limit = limit.max(1);
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut next = Some(cursor.unwrap_or(1));
+        // Tombstones take room in a batch but are not tokens: keep reading
+        // until the page holds `limit` tokens or the place ends, so a page
+        // is full unless it is the last (as the in-memory source does).
+        while let Some(seq) = next
+            && items.len() < limit
+        {
+            let (msgs, after) = self.next_page(&filter, seq, limit - items.len()).await?;
+            for m in &msgs {
+                if let Some(t) = self.decode_token(m)? {
+                    items.push(t);
+                }
             }
+            next = after;
         }
         Ok(Page { items, next })
     }

@@ -237,6 +237,21 @@ enum PluginCmd {
     ///
     /// Example: cb-host plugin inspect target/plugins/amount-limit.wasm
     Inspect { file: PathBuf },
+    /// Run a plugin against case files (fixtures and expectations; no NATS
+    /// needed), with the production runtime and limits. Prints one line per
+    /// case, a diff for each failure, and `N passed, M failed`; exits 1 if
+    /// any case fails.
+    ///
+    /// Example: cb-host plugin test target/plugins/amount-limit.wasm plugins/amount-limit/cases
+    Test {
+        plugin: PathBuf,
+        /// Case files, or directories of *.json case files.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+        /// Only run cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
 }
 
 /// Parses and runs; maps errors to exit codes.
@@ -258,6 +273,7 @@ pub(crate) fn main() -> ExitCode {
     let out = Out { json: cli.json };
     match run(cli, out) {
         Ok(()) => ExitCode::from(exit::OK),
+        Err(e) if e.is::<Reported>() => ExitCode::from(exit::ERROR),
         Err(e) => {
             let code = exit_code(&e);
             if out.json {
@@ -289,6 +305,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         _ => exit::ERROR,
     }
 }
+
+/// The command already printed its outcome (e.g. a failing test report):
+/// exit 1 without another message.
+#[derive(Debug, thiserror::Error)]
+#[error("already reported")]
+pub(crate) struct Reported;
 
 /// Bad arguments found after parsing (a bad id, bad JSON): exit 2.
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +364,11 @@ fn run(cli: Cli, out: Out) -> anyhow::Result<()> {
         Command::Serve(args) => serve(&cli, args),
         Command::Demo(args) => crate::demo::run(&cli.nats_url, args, out),
         Command::Plugin(PluginCmd::Inspect { file }) => inspect(file, out),
+        Command::Plugin(PluginCmd::Test {
+            plugin,
+            cases,
+            filter,
+        }) => plugin_test(plugin, cases, filter.as_deref(), out),
         _ => {
             let rt = runtime()?;
             rt.block_on(client_command(&cli, out))
@@ -360,6 +387,46 @@ fn inspect(file: &Path, out: Out) -> anyhow::Result<()> {
     out.inspection(&info);
     if let Some(problem) = &info.problem {
         bail!("{problem}");
+    }
+    Ok(())
+}
+
+fn plugin_test(plugin: &Path, cases: &[PathBuf], filter: Option<&str>, out: Out) -> anyhow::Result<()> {
+    use cb_host::harness::{Harness, line};
+    let harness = Harness::load(plugin).map_err(|e| UsageError(e.to_string()))?;
+    let files = Harness::collect(cases).map_err(|e| UsageError(e.to_string()))?;
+    let rt = runtime()?;
+    let mut reports = Vec::new();
+    for f in &files {
+        let r = rt
+            .block_on(harness.run_file(f, filter))
+            .map_err(|e| UsageError(e.to_string()))?;
+        if !out.json {
+            for c in &r {
+                println!("{}", line(c));
+                if !c.passed {
+                    println!("       expected: {}", c.expected);
+                    println!("       actual:   {}", c.actual);
+                }
+            }
+        }
+        reports.extend(r);
+    }
+    let failed = reports.iter().filter(|r| !r.passed).count();
+    let passed = reports.len() - failed;
+    if out.json {
+        println!(
+            "{}",
+            serde_json::json!({ "passed": passed, "failed": failed, "cases": reports })
+        );
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
+    if failed > 0 {
+        return Err(Reported.into());
+    }
+    if reports.is_empty() {
+        bail!("no cases ran");
     }
     Ok(())
 }
@@ -529,7 +596,9 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
             let list: Vec<PluginInfo> = api.call("plugin.list", &serde_json::json!({})).await?;
             out.plugins(&list);
         }
-        Command::Serve(_) | Command::Demo(_) | Command::Plugin(PluginCmd::Inspect { .. }) => unreachable!(),
+        Command::Serve(_)
+        | Command::Demo(_)
+        | Command::Plugin(PluginCmd::Inspect { .. } | PluginCmd::Test { .. }) => unreachable!(),
     }
     Ok(())
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything `make test` runs after lint: the Rust tests (against real
+# nats-server processes), the doc tests, and every example plugin's case
+# files through `cb-host plugin test`. Ends with one total line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NATS_SERVER_BIN="$(cat target/nats-server-bin)"
+export NATS_SERVER_BIN
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+cargo test --workspace --lib --bins --tests --examples 2>&1 | tee "$log"
+cargo test --workspace --doc 2>&1 | tee -a "$log"
+
+echo "== plugin case files (cb-host plugin test)"
+for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do
+  RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/$p.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"
+done
+
+awk '
+  /^test result: /      { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+  END { printf "total: %d passed, %d failed\n", p, f }
+' "$log"
