@@ -124,6 +124,11 @@ struct ServeArgs {
     /// Stream storage: file or memory.
     #[arg(long, env = "CB_STORAGE")]
     storage: Option<String>,
+    /// How long an action event may stay unacknowledged (e.g. its host
+    /// died) before another host gets it, in milliseconds. Set when the
+    /// shared consumer is first created.
+    #[arg(long, env = "CB_ACTION_ACK_WAIT_MS")]
+    action_ack_wait_ms: Option<u64>,
     #[arg(skip)]
     nats_url: Option<String>,
     #[arg(skip)]
@@ -621,6 +626,7 @@ fn serve_settings(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ServeArgs> {
         stream: args.stream.clone().or(file.stream),
         replicas: args.replicas.or(file.replicas),
         storage: args.storage.clone().or(file.storage),
+        action_ack_wait_ms: args.action_ack_wait_ms.or(file.action_ack_wait_ms),
         nats_url: cli.nats_url.clone().or(file.nats_url),
         data_dir: cli.data_dir.clone().or(file.data_dir),
         prefix: cli.prefix.clone().or(file.prefix),
@@ -680,7 +686,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(workflow = %d.definition.id, version = d.version, "definition ready");
             }
         }
-        let serving = host.serve(DispatcherConfig::default()).await?;
+        let mut dispatcher = DispatcherConfig::default();
+        if let Some(ms) = s.action_ack_wait_ms {
+            dispatcher.ack_wait = Duration::from_millis(ms);
+        }
+        let serving = host.serve(dispatcher).await?;
         tracing::info!(nats = %url, "cb-host serving; Ctrl-C or SIGTERM to stop");
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and actions in progress");
