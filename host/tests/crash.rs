@@ -28,7 +28,25 @@ fn plugin_dir() -> tempfile::TempDir {
     dir
 }
 
-fn serve(url: &str, plugins: &Path) -> Child {
+/// A `cb-host serve` process, killed and reaped on drop.
+struct Serve(Child);
+
+impl Serve {
+    /// `kill -9`.
+    fn kill9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(url: &str, plugins: &Path) -> Serve {
     let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -51,6 +69,7 @@ fn serve(url: &str, plugins: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Serve)
         .unwrap()
 }
 
@@ -60,7 +79,7 @@ async fn a_host_killed_mid_actions_leaves_nothing_lost_or_doubled() {
     let url = server.url();
     let plugins = plugin_dir();
     let mut a = serve(&url, plugins.path());
-    let mut b = serve(&url, plugins.path());
+    let _b = serve(&url, plugins.path());
     // A client of our own (no dispatcher): creates and fires.
     let client = Host::builder()
         .nats_url(&url)
@@ -112,8 +131,7 @@ async fn a_host_killed_mid_actions_leaves_nothing_lost_or_doubled() {
             .await
             .unwrap();
         if i == n / 2 {
-            a.kill().unwrap(); // kill -9 while events are flowing
-            a.wait().unwrap();
+            a.kill9(); // while events are flowing
         }
     }
     // Host B finishes everything, including what A held when it died.
@@ -150,6 +168,4 @@ async fn a_host_killed_mid_actions_leaves_nothing_lost_or_doubled() {
             "{t}: an action failed"
         );
     }
-    let _ = b.kill();
-    let _ = b.wait();
 }
