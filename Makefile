@@ -41,11 +41,13 @@ demo: plugins
 bench: setup
 	$(WITH_NATS) $(CARGO) bench --bench storage
 	$(CARGO) bench --bench plugins
+	$(WITH_NATS) $(CARGO) bench --bench engine
 
 ## bench-quick: the same with fewer iterations
 bench-quick: setup
 	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench storage
 	CB_BENCH_QUICK=1 $(CARGO) bench --bench plugins
+	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench engine
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,281 @@
+//! Engine benchmarks: fire with one Rust guard (amount-limit) at 1 and 64
+//! in flight next to the raw atomic batch a move is built on, and action
+//! throughput with `audit-log`. `make bench`.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRequest};
+use cb_host::model::{Id, WorkflowDefinition};
+use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
+use cb_host::store::{NewToken, Store, StoreConfig};
+use serde_json::json;
+
+fn id(s: &str) -> Id {
+    Id::new(s).unwrap()
+}
+
+fn report(name: &str, mut lat: Vec<Duration>, elapsed: Duration, ops: usize) -> serde_json::Value {
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1e6;
+    let per_sec = ops as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "  {name:<52} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
+        pct(0.5),
+        pct(0.99),
+        per_sec
+    );
+    json!({"name": name, "ops": ops, "p50_us": pct(0.5), "p99_us": pct(0.99), "per_sec": per_sec})
+}
+
+const WF: &str = r#"{ "id": "bench", "places": ["ping", "pong", "a", "b"], "initial_place": "ping",
+  "transitions": [
+    { "id": "hit", "from": ["ping"], "to": "pong", "guards": [ { "plugin": "amount-limit", "config": { "max": 100 } } ] },
+    { "id": "back", "from": ["pong"], "to": "ping", "guards": [ { "plugin": "amount-limit", "config": { "max": 100 } } ] },
+    { "id": "go", "from": ["ping"], "to": "a", "actions": [ { "plugin": "audit-log", "config": { "level": "debug" } } ] } ] }"#;
+
+/// One raw atomic batch per move (tombstone with CAS, state, event), as a
+/// move is built, sequentially; returns per-move latencies.
+async fn raw_moves(client: &async_nats::Client, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let js = jetstream::new(client.clone());
+    let ack = js
+        .publish("cb.workflows.raw.places.ping.tokens.r1", "{}".into())
+        .await?
+        .await?;
+    let (mut seq, mut place) = (ack.sequence, "ping");
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let to = if place == "ping" { "pong" } else { "ping" };
+        let s = Instant::now();
+        let batch = format!("raw-e-{i}");
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch.as_str());
+        h.insert("Nats-Batch-Sequence", "1");
+        h.insert("KV-Operation", "PURGE");
+        h.insert("Nats-Rollup", "sub");
+        h.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            "cb.workflows.raw.places.*.tokens.r1",
+        );
+        client
+            .publish_with_headers(
+                format!("cb.workflows.raw.places.{place}.tokens.r1"),
+                h,
+                Bytes::new(),
+            )
+            .await?;
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch.as_str());
+        h.insert("Nats-Batch-Sequence", "2");
+        client
+            .publish_with_headers(format!("cb.workflows.raw.places.{to}.tokens.r1"), h, "{}".into())
+            .await?;
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch.as_str());
+        h.insert("Nats-Batch-Sequence", "3");
+        h.insert("Nats-Batch-Commit", "1");
+        let r = client
+            .request_with_headers("cb.workflows.raw.events.transitions.r1", h, "{}".into())
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
+        seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("batch failed: {v}"))?
+            - 1;
+        place = to;
+        lat.push(s.elapsed());
+    }
+    Ok(lat)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let quick = std::env::var_os("CB_BENCH_QUICK").is_some();
+    let window = if quick {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(4)
+    };
+    let n1 = if quick { 200 } else { 1500 };
+    let server = cb_test_support::NatsServer::start();
+    let client = async_nats::connect(server.url()).await?;
+    let store = Store::open(
+        client.clone(),
+        StoreConfig::development().with_stream("CB_BENCH_ENGINE"),
+    )
+    .await?;
+    let cache = tempfile::tempdir()?;
+    let rt = PluginRuntime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    })?;
+    let mut reg = PluginRegistry::new();
+    reg.insert(rt.load("amount-limit", &std::fs::read(cb_test_plugins::AMOUNT_LIMIT)?)?);
+    reg.insert(rt.load("audit-log", &std::fs::read(cb_test_plugins::AUDIT_LOG)?)?);
+    let engine = Engine::new(store.clone(), reg, EngineConfig::default());
+    store
+        .writer()
+        .put_definition(&WorkflowDefinition::parse(WF.as_bytes())?)
+        .await?;
+    let mut rows = Vec::new();
+    eprintln!(
+        "engine benchmarks against {} (file storage, one server)",
+        server.url()
+    );
+
+    eprintln!("[fire] 1 in flight");
+    let t0 = Instant::now();
+    let raw = raw_moves(&client, n1).await?;
+    rows.push(report(
+        "raw atomic batch per move, 1 in flight",
+        raw,
+        t0.elapsed(),
+        n1,
+    ));
+    engine
+        .create_token(
+            &id("bench"),
+            NewToken {
+                id: Some(id("f1")),
+                data: json!({"amount": 5}),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut lat = Vec::with_capacity(n1);
+    let t0 = Instant::now();
+    for i in 0..n1 {
+        let t = if i % 2 == 0 { "hit" } else { "back" };
+        let s = Instant::now();
+        engine
+            .fire(FireRequest::new(id("bench"), id("f1"), id(t)))
+            .await?;
+        lat.push(s.elapsed());
+    }
+    rows.push(report(
+        "fire with one guard (read + evaluate + batch), 1 in flight",
+        lat,
+        t0.elapsed(),
+        n1,
+    ));
+
+    eprintln!("[fire] 64 in flight");
+    for i in 0..64 {
+        engine
+            .create_token(
+                &id("bench"),
+                NewToken {
+                    id: Some(id(&format!("m{i}"))),
+                    data: json!({"amount": 5}),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut k = 0;
+            while t0.elapsed() < window {
+                let t = if k % 2 == 0 { "hit" } else { "back" };
+                k += 1;
+                let s = Instant::now();
+                engine
+                    .fire(FireRequest::new(id("bench"), id(&format!("m{i}")), id(t)))
+                    .await
+                    .unwrap();
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let n = lat.len();
+    rows.push(report("fire with one guard, 64 in flight", lat, t0.elapsed(), n));
+
+    eprintln!("[actions] audit-log");
+    let events = if quick { 300 } else { 3000 };
+    let tasks: Vec<_> = (0..events)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .create_token(
+                        &id("bench"),
+                        NewToken {
+                            id: Some(id(&format!("a{i}"))),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                engine
+                    .fire(FireRequest::new(id("bench"), id(&format!("a{i}")), id("go")))
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let t0 = Instant::now();
+    let dispatcher = Dispatcher::start(
+        engine.clone(),
+        DispatcherConfig {
+            concurrency: 32,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("CB_BENCH_ENGINE").await?;
+    loop {
+        let mut c: jetstream::consumer::PullConsumer = stream
+            .get_consumer("cb-actions")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = c.info().await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = t0.elapsed();
+    dispatcher.shutdown().await;
+    // All transition events (the ping-pong ones have no actions) pass the
+    // dispatcher; report the events with actions.
+    rows.push(report(
+        "actions: audit-log events drained",
+        vec![elapsed / events as u32; events],
+        elapsed,
+        events,
+    ));
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("engine.json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("| operation | ops | p50 µs | p99 µs | ops/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} |",
+            r["name"].as_str().unwrap(),
+            r["ops"],
+            r["p50_us"].as_f64().unwrap(),
+            r["p99_us"].as_f64().unwrap(),
+            r["per_sec"].as_f64().unwrap()
+        );
+    }
+    Ok(())
+}
