@@ -436,6 +436,22 @@ fn plugin_test(plugin: &Path, cases: &[PathBuf], filter: Option<&str>, out: Out)
     Ok(())
 }
 
+/// Every item of a paged listing: asks for pages until the last one.
+async fn all_pages<T>(
+    mut page: impl AsyncFnMut(Option<u64>) -> Result<Page<T>, ApiError>,
+) -> Result<Vec<T>, ApiError> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = page(cursor).await?;
+        all.extend(p.items);
+        match p.next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(all),
+        }
+    }
+}
+
 async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
     let url = client_url(cli)?;
     let client = connect(&url).await?;
@@ -504,26 +520,16 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
         }
         Command::Token(TokenCmd::List { workflow, place }) => {
             let (workflow, place) = (id(workflow, "workflow")?, id(place, "place")?);
-            let mut all = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page: Page<Token> = api
-                    .call(
-                        "token.list",
-                        &TokenList {
-                            workflow: workflow.clone(),
-                            place: place.clone(),
-                            cursor,
-                            limit: None,
-                        },
-                    )
-                    .await?;
-                all.extend(page.items);
-                match page.next {
-                    Some(n) => cursor = Some(n),
-                    None => break,
-                }
-            }
+            let all: Vec<Token> = all_pages(async |cursor| {
+                let req = TokenList {
+                    workflow: workflow.clone(),
+                    place: place.clone(),
+                    cursor,
+                    limit: None,
+                };
+                api.call("token.list", &req).await
+            })
+            .await?;
             out.tokens(&all);
         }
         Command::Token(TokenCmd::Fire {
@@ -558,26 +564,16 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
         }
         Command::Token(TokenCmd::History { id: t, workflow }) => {
             let (tid, workflow) = (id(t, "token id")?, wf(workflow)?);
-            let mut all: Vec<Event> = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page: Page<Event> = api
-                    .call(
-                        "token.history",
-                        &TokenHistory {
-                            workflow: workflow.clone(),
-                            id: tid.clone(),
-                            cursor,
-                            limit: None,
-                        },
-                    )
-                    .await?;
-                all.extend(page.items);
-                match page.next {
-                    Some(n) => cursor = Some(n),
-                    None => break,
-                }
-            }
+            let all: Vec<Event> = all_pages(async |cursor| {
+                let req = TokenHistory {
+                    workflow: workflow.clone(),
+                    id: tid.clone(),
+                    cursor,
+                    limit: None,
+                };
+                api.call("token.history", &req).await
+            })
+            .await?;
             out.history(&all);
         }
         Command::Token(TokenCmd::Complete {
