@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use cb_host::engine::{DispatcherConfig, FireError, FireRequest};
-use cb_host::model::{Event, EventKind, Id};
+use cb_host::model::Id;
 use cb_host::store::StoreConfig;
 use cb_host::{Host, HostError};
 use clap::Args;
@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use serde_json::json;
 
 use crate::embedded::EmbeddedNats;
-use crate::output::Out;
+use crate::output::{Out, describe};
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -252,36 +252,4 @@ async fn demo(url: &str, args: &DemoArgs, steps: &mut Steps) -> anyhow::Result<(
     steps.done(t);
     serving.shutdown().await;
     Ok::<_, anyhow::Error>(()).context("demo")
-}
-
-fn describe(e: &Event) -> String {
-    match &e.kind {
-        EventKind::Transition {
-            transition,
-            from,
-            to,
-            actor,
-            ..
-        } => {
-            format!(
-                "{transition}: {from} -> {to}{}",
-                actor
-                    .as_deref()
-                    .map(|a| format!("  (by {a})"))
-                    .unwrap_or_default()
-            )
-        }
-        EventKind::Created { place, actor, .. } => {
-            format!(
-                "created in {place}{}",
-                actor
-                    .as_deref()
-                    .map(|a| format!("  (by {a})"))
-                    .unwrap_or_default()
-            )
-        }
-        EventKind::Updated { .. } => "updated".into(),
-        EventKind::Completed { place, .. } => format!("completed in {place}"),
-        EventKind::ActionFailed { plugin, error, .. } => format!("action {plugin} failed: {error}"),
-    }
 }

@@ -175,31 +175,7 @@ impl Out {
             return;
         }
         for e in events {
-            let what = match &e.kind {
-                EventKind::Transition {
-                    transition,
-                    from,
-                    to,
-                    actor,
-                    ..
-                } => {
-                    format!(
-                        "{transition}: {from} -> {to}{}",
-                        actor.as_deref().map(|a| format!(" by {a}")).unwrap_or_default()
-                    )
-                }
-                EventKind::Created { place, .. } => format!("created in {place}"),
-                EventKind::Updated { .. } => "data updated".into(),
-                EventKind::Completed { place, .. } => format!("completed in {place}"),
-                EventKind::ActionFailed {
-                    plugin,
-                    error,
-                    attempts,
-                    ..
-                } => {
-                    format!("action {plugin} failed after {attempts} attempts: {error}")
-                }
-            };
+            let what = describe(e);
             println!("{:>8}  {}  {what}", e.sequence, ts(e.time));
         }
     }
@@ -248,6 +224,34 @@ impl Out {
         println!("  imports:");
         for imp in &i.imports {
             println!("    {imp}");
+        }
+    }
+}
+
+/// One line saying what an event records (the CLI's `token history` and
+/// the demo share it).
+pub(crate) fn describe(e: &Event) -> String {
+    let by = |actor: &Option<String>| actor.as_deref().map(|a| format!(" by {a}")).unwrap_or_default();
+    match &e.kind {
+        EventKind::Transition {
+            transition,
+            from,
+            to,
+            actor,
+            ..
+        } => {
+            format!("{transition}: {from} -> {to}{}", by(actor))
+        }
+        EventKind::Created { place, actor, .. } => format!("created in {place}{}", by(actor)),
+        EventKind::Updated { actor } => format!("data updated{}", by(actor)),
+        EventKind::Completed { place, actor, .. } => format!("completed in {place}{}", by(actor)),
+        EventKind::ActionFailed {
+            plugin,
+            error,
+            attempts,
+            ..
+        } => {
+            format!("action {plugin} failed after {attempts} attempts: {error}")
         }
     }
 }
