@@ -994,3 +994,39 @@ async fn a_repeated_msg_id_is_refused_alone_and_its_group_still_commits() {
         19
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_applying_the_same_definition_at_once_all_succeed_with_one_version() {
+    let env = env().await;
+    let def = Arc::new(WorkflowDefinition::parse(EXPENSE.as_bytes()).unwrap());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (w, d) = (env.store.writer(), def.clone());
+            tokio::spawn(async move { w.put_definition(&d).await })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap().unwrap().version);
+    }
+    versions.dedup();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    // A different definition racing the same way still gets a Conflict.
+    let current = env.store.reader().get_definition(&id("expense")).await.unwrap();
+    let mut a = (*def).clone();
+    a.name = "A".into();
+    let mut b = (*def).clone();
+    b.name = "B".into();
+    let (wa, wb) = (env.store.writer(), env.store.writer());
+    let (ra, rb) = tokio::join!(wa.put_definition(&a), wb.put_definition(&b));
+    let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+    assert!(ok >= 1, "{ra:?} {rb:?}");
+    for r in [ra, rb] {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StoreError::Conflict { expected, .. } if expected == current.version),
+                "{e}"
+            );
+        }
+    }
+}

@@ -141,19 +141,31 @@ impl StoreWriter {
         .map_err(|_| StoreError::Timeout {
             operation: op.into(),
             timeout_ms: timeout.as_millis() as u64,
-        })?
-        .map_err(|e| match e.kind() {
-            PublishErrorKind::WrongLastSequence => StoreError::Conflict {
-                token: def.id.clone(),
-                expected: latest,
-                actual: None,
-            },
-            PublishErrorKind::TimedOut => StoreError::Timeout {
-                operation: op.into(),
-                timeout_ms: timeout.as_millis() as u64,
-            },
-            _ => StoreError::unavailable(op, e),
         })?;
+        let ack = match ack {
+            Ok(ack) => ack,
+            // Another writer stored a version first. Several hosts applying
+            // the same files at start-up race here: if the winner stored
+            // this very definition, the apply succeeded.
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                return match self.reader.get_definition(&def.id).await {
+                    Ok(now) if &now.definition == def => Ok(now),
+                    Ok(now) => Err(StoreError::Conflict {
+                        token: def.id.clone(),
+                        expected: latest,
+                        actual: Some(now.version),
+                    }),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                return Err(StoreError::Timeout {
+                    operation: op.into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                });
+            }
+            Err(e) => return Err(StoreError::unavailable(op, e)),
+        };
         // Read back from the leader: the stored timestamp is the version's.
         let msg = self
             .shared()
