@@ -11,10 +11,17 @@ WITH_NATS = NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))"
 setup:
 	@scripts/setup.sh
 
-## lint: rustfmt and clippy, warnings are errors
+GUARDS := -p amount-limit -p require-fields -p siblings-in-place -p business-hours
+ACTIONS := -p auto-advance -p audit-log
+PLUGINS_WASM = --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --target-dir target/wasm
+
+## lint: rustfmt and clippy (host workspace, and the plugins as wasm), warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release $(PLUGINS_WASM) $(GUARDS) -p misbehave -- -D warnings
+	$(CARGO) clippy --release $(PLUGINS_WASM) $(ACTIONS) -p wrong-world -- -D warnings
 
 ## test: everything CI runs: setup, lint, all tests against real nats-server
 ## (benches are not run here: speed is measured by `make bench`, not in tests)
@@ -23,10 +30,8 @@ test: setup lint
 
 ## plugins: build the example plugins into target/plugins/<name>.wasm
 plugins: setup
-	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm \
-		-p amount-limit -p require-fields -p siblings-in-place -p business-hours
-	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm \
-		-p auto-advance -p audit-log
+	$(CARGO) build --release $(PLUGINS_WASM) $(GUARDS)
+	$(CARGO) build --release $(PLUGINS_WASM) $(ACTIONS)
 	@mkdir -p target/plugins
 	@for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do \
 		cp target/wasm/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm target/plugins/$$p.wasm; done

@@ -12,6 +12,16 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --lib --bins --tests --examples 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
 
+echo "== each example plugin's own cargo tests (the Rust harness API)"
+# Native test builds of the plugin crates share target/ with the host; the
+# harness builds each plugin for wasm32-wasip2 into target/wasm, where the
+# test plugins already are. Guards and actions in two invocations: the
+# SDK's world is a cargo feature.
+export CB_HARNESS_TARGET_DIR="$PWD/target/wasm"
+cargo test --manifest-path plugins/Cargo.toml --target-dir target \
+  -p amount-limit -p require-fields -p siblings-in-place -p business-hours 2>&1 | tee -a "$log"
+cargo test --manifest-path plugins/Cargo.toml --target-dir target -p auto-advance -p audit-log 2>&1 | tee -a "$log"
+
 echo "== plugin case files (cb-host plugin test)"
 for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do
   RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/$p.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"

@@ -203,6 +203,14 @@ pub enum HarnessError {
         /// What is wrong (with the JSON path).
         message: String,
     },
+    /// Building a plugin crate for `wasm32-wasip2` failed.
+    #[error("building {dir} for wasm32-wasip2 failed: {message}")]
+    Build {
+        /// The crate directory.
+        dir: String,
+        /// Cargo's error output (its tail), or what else went wrong.
+        message: String,
+    },
 }
 
 /// Loads a plugin and runs cases against it.
@@ -258,6 +266,33 @@ impl Harness {
         })
     }
 
+    /// Builds the plugin crate in `dir` for `wasm32-wasip2` (release) and
+    /// loads the component: what a plugin's own `cargo test` calls with
+    /// `env!("CARGO_MANIFEST_DIR")`. See [`build_component`].
+    pub fn build_crate(dir: impl AsRef<Path>) -> Result<Self, HarnessError> {
+        Self::load(&build_component(dir.as_ref(), None)?)
+    }
+
+    /// A call of the plugin, to build up and assert on: see [`Call`].
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            harness: self,
+            file: CaseFile::default(),
+            case: Case {
+                name: "call".into(),
+                config: None,
+                token: None,
+                transition: None,
+                input: None,
+                actor: None,
+                fired_at: None,
+                limits: None,
+                event_sequence: None,
+                expect: Expect::Allow,
+            },
+        }
+    }
+
     /// Wraps an already loaded plugin.
     pub fn from_plugin(plugin: Plugin) -> Self {
         Harness { plugin }
@@ -306,23 +341,7 @@ impl Harness {
     /// Runs every case of `file` whose name contains `filter`.
     pub async fn run_file(&self, path: &Path, filter: Option<&str>) -> Result<Vec<CaseReport>, HarnessError> {
         let file = Self::read_cases(path)?;
-        let source = MemorySource::new();
-        for w in &file.fixtures.workflows {
-            source.insert_definition(StoredDefinition {
-                version: 1,
-                stored_at: OffsetDateTime::UNIX_EPOCH,
-                definition: w.clone(),
-            });
-        }
-        let now = OffsetDateTime::now_utc();
-        for (i, t) in file.fixtures.tokens.iter().enumerate() {
-            let mut t = build_token(t, &default_transition(), now);
-            if file.fixtures.tokens[i].revision.is_none() {
-                t.revision = 100 + i as u64;
-            }
-            source.insert_token(t);
-        }
-        let source: Arc<dyn TokenSource> = Arc::new(source);
+        let source = fixture_source(&file.fixtures);
         let mut reports = Vec::new();
         for case in file
             .cases
@@ -443,50 +462,324 @@ fn matches(expect: &Expect, actual: &Value) -> bool {
     }
 }
 
-/// `cargo test` helpers: assertions that print the plugin's answer on
-/// failure.
-impl Harness {
-    async fn guard(&self, token: Value, config: Value) -> Result<Decision, PluginError> {
-        let transition = default_transition();
-        let fixture = TokenFixture {
-            data: Some(token),
-            ..Default::default()
-        };
-        let g = GuardInput {
-            token: build_token(&fixture, &transition, OffsetDateTime::now_utc()),
-            transition,
-            config,
-            input: Value::Null,
-            actor: None,
-            fired_at: OffsetDateTime::now_utc(),
-        };
-        let source: Arc<dyn TokenSource> = Arc::new(MemorySource::new());
-        self.plugin.evaluate(&g, source).await.map(|o| o.value)
+/// Builds the crate in `dir` with `cargo build --release --target
+/// wasm32-wasip2` and returns the path of its component.
+///
+/// The build uses its own target directory: `target_dir`, else
+/// `CB_HARNESS_TARGET_DIR`, else `cb-harness/` inside the crate's usual
+/// target directory (a `cargo test` that calls this holds the lock of the
+/// usual one, and the wasm build must not wait on it). The outer build's
+/// flags (`RUSTFLAGS`, target) are for the host and are not passed on.
+pub fn build_component(dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, HarnessError> {
+    let fail = |message: String| HarnessError::Build {
+        dir: dir.display().to_string(),
+        message,
+    };
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(fail(format!("no Cargo.toml in {}", dir.display())));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = match target_dir
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("CB_HARNESS_TARGET_DIR").map(PathBuf::from))
+    {
+        Some(d) => d,
+        None => {
+            let out = clean_cargo(&cargo)
+                .args([
+                    "metadata",
+                    "--no-deps",
+                    "--format-version",
+                    "1",
+                    "--manifest-path",
+                ])
+                .arg(&manifest)
+                .output()
+                .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
+            if !out.status.success() {
+                return Err(fail(tail(&out.stderr)));
+            }
+            let meta: Value = serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+            PathBuf::from(meta["target_directory"].as_str().unwrap_or("target")).join("cb-harness")
+        }
+    };
+    let out = clean_cargo(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(tail(&out.stderr)));
+    }
+    // The artifact of this crate (not of its dependencies) that is a .wasm.
+    let manifest = manifest.canonicalize().unwrap_or(manifest);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["manifest_path"]
+                .as_str()
+                .is_some_and(|p| Path::new(p) == manifest)
+        })
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|x| x == "wasm"))
+        .ok_or_else(|| fail("the build produced no .wasm: is the crate a `cdylib`?".into()))
+}
+
+/// A cargo command without the outer build's host-only settings.
+fn clean_cargo(cargo: &std::ffi::OsStr) -> std::process::Command {
+    let mut cmd = std::process::Command::new(cargo);
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The last lines of cargo's stderr: where the error is.
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// What a call did, typed: the Rust face of a case's `actual`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    /// The guard allowed.
+    Allow,
+    /// The guard denied.
+    Deny {
+        /// Denial code.
+        code: String,
+        /// Denial message.
+        message: String,
+        /// Denial details (JSON).
+        details: Value,
+    },
+    /// The action finished with these follow-up requests and log lines.
+    Ok {
+        /// Requests, in order.
+        requests: Vec<crate::plugin::TransitionRequest>,
+        /// Log lines.
+        logs: Vec<String>,
+    },
+    /// The call failed: `kind` as in [`PluginError::kind`].
+    Error {
+        /// `timeout`, `out-of-fuel`, `memory-limit`, `trap`, ...
+        kind: String,
+        /// The error's text (names the plugin and the limit).
+        message: String,
+    },
+}
+
+impl CallOutcome {
+    fn from_json(v: &Value) -> CallOutcome {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        if v == "allow" {
+            CallOutcome::Allow
+        } else if let Some(d) = v.get("deny") {
+            CallOutcome::Deny {
+                code: s(&d["code"]),
+                message: s(&d["message"]),
+                details: d["details"].clone(),
+            }
+        } else if let Some(ok) = v.get("ok") {
+            CallOutcome::Ok {
+                requests: serde_json::from_value(ok["requests"].clone()).unwrap_or_default(),
+                logs: serde_json::from_value(ok["logs"].clone()).unwrap_or_default(),
+            }
+        } else {
+            CallOutcome::Error {
+                kind: s(&v["error"]),
+                message: s(&v["message"]),
+            }
+        }
+    }
+}
+
+/// One call of the plugin under test, built up in Rust: the `cargo test`
+/// face of a case. Defaults are those of case files (token `t1` of
+/// workflow `wf` in the transition's first `from` place, transition
+/// `t: from -> to`, firing time now, production limits).
+///
+/// ```no_run
+/// # async fn f(h: &cb_host::harness::Harness) {
+/// use serde_json::json;
+/// h.call().config(json!({"max": 10})).data(json!({"amount": 5})).assert_allows().await;
+/// h.call().config(json!({"max": 10})).data(json!({"amount": 50}))
+///     .assert_denies("amount-over-limit").await;
+/// # }
+/// ```
+#[must_use = "a call does nothing until it is run or asserted"]
+pub struct Call<'h> {
+    harness: &'h Harness,
+    file: CaseFile,
+    case: Case,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("case", &self.case).finish()
+    }
+}
+
+impl<'h> Call<'h> {
+    /// The plugin's config.
+    pub fn config(mut self, config: Value) -> Self {
+        self.case.config = Some(config);
+        self
     }
 
-    /// Asserts the guard allows a token with `data` under `config`.
-    pub async fn assert_allows(&self, data: Value, config: Value) {
-        match self.guard(data.clone(), config.clone()).await {
-            Ok(Decision::Allow) => {}
-            other => panic!("expected allow for data {data} config {config}, got {other:?}"),
+    /// The data of the token under test.
+    pub fn data(mut self, data: Value) -> Self {
+        self.case.token.get_or_insert_with(Default::default).data = Some(data);
+        self
+    }
+
+    /// The whole token under test.
+    pub fn token(mut self, token: TokenFixture) -> Self {
+        self.case.token = Some(token);
+        self
+    }
+
+    /// The transition being fired.
+    pub fn transition(mut self, transition: Transition) -> Self {
+        self.case.transition = Some(transition);
+        self
+    }
+
+    /// The caller's input.
+    pub fn input(mut self, input: Value) -> Self {
+        self.case.input = Some(input);
+        self
+    }
+
+    /// The actor.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.case.actor = Some(actor.into());
+        self
+    }
+
+    /// The firing time (the guest's wall clock).
+    pub fn fired_at(mut self, at: OffsetDateTime) -> Self {
+        self.case.fired_at = Some(at);
+        self
+    }
+
+    /// Limits instead of the production defaults.
+    pub fn limits(mut self, limits: PluginLimits) -> Self {
+        self.case.limits = Some(limits);
+        self
+    }
+
+    /// For actions: the event sequence the action runs for.
+    pub fn event_sequence(mut self, seq: u64) -> Self {
+        self.case.event_sequence = Some(seq);
+        self
+    }
+
+    /// A token the plugin's `token-reader` serves.
+    pub fn fixture_token(mut self, token: TokenFixture) -> Self {
+        self.file.fixtures.tokens.push(token);
+        self
+    }
+
+    /// A workflow definition the plugin's `token-reader` serves (version 1).
+    pub fn fixture_workflow(mut self, definition: WorkflowDefinition) -> Self {
+        self.file.fixtures.workflows.push(definition);
+        self
+    }
+
+    /// Runs the call.
+    pub async fn run(self) -> CallOutcome {
+        let source = fixture_source(&self.file.fixtures);
+        let report = self.harness.run_case(&self.file, &self.case, source).await;
+        CallOutcome::from_json(&report.actual)
+    }
+
+    /// Asserts the guard allows.
+    pub async fn assert_allows(self) {
+        let what = format!("{:?}", self.case);
+        match self.run().await {
+            CallOutcome::Allow => {}
+            other => panic!("expected allow for {what}\n got {other:?}"),
         }
     }
 
-    /// Asserts the guard denies with `code`.
-    pub async fn assert_denies(&self, data: Value, config: Value, code: &str) {
-        match self.guard(data.clone(), config.clone()).await {
-            Ok(Decision::Deny { code: c, .. }) if c == code => {}
-            other => panic!("expected deny `{code}` for data {data} config {config}, got {other:?}"),
+    /// Asserts the guard denies with `code`; returns the message and details
+    /// for further checks.
+    pub async fn assert_denies(self, code: &str) -> (String, Value) {
+        let what = format!("{:?}", self.case);
+        match self.run().await {
+            CallOutcome::Deny {
+                code: c,
+                message,
+                details,
+            } if c == code => (message, details),
+            other => panic!("expected deny `{code}` for {what}\n got {other:?}"),
         }
     }
 
-    /// Asserts the call fails with error `kind` (`timeout`, `trap`, ...).
-    pub async fn assert_error(&self, data: Value, config: Value, kind: &str) {
-        match self.guard(data.clone(), config.clone()).await {
-            Err(e) if e.kind() == kind => {}
-            other => panic!("expected error `{kind}` for data {data} config {config}, got {other:?}"),
+    /// Asserts the call fails with error `kind` (`timeout`, `trap`, ...);
+    /// returns the error text.
+    pub async fn assert_error(self, kind: &str) -> String {
+        let what = format!("{:?}", self.case);
+        match self.run().await {
+            CallOutcome::Error { kind: k, message } if k == kind => message,
+            other => panic!("expected error `{kind}` for {what}\n got {other:?}"),
         }
     }
+
+    /// Asserts the action succeeds with exactly `requests`; returns its log
+    /// lines.
+    pub async fn assert_requests(self, requests: &[crate::plugin::TransitionRequest]) -> Vec<String> {
+        let what = format!("{:?}", self.case);
+        match self.run().await {
+            CallOutcome::Ok { requests: r, logs } if r == requests => logs,
+            other => panic!("expected requests {requests:?} for {what}\n got {other:?}"),
+        }
+    }
+}
+
+/// The in-memory `token-reader` for a set of fixtures.
+fn fixture_source(fixtures: &Fixtures) -> Arc<dyn TokenSource> {
+    let source = MemorySource::new();
+    for w in &fixtures.workflows {
+        source.insert_definition(StoredDefinition {
+            version: 1,
+            stored_at: OffsetDateTime::UNIX_EPOCH,
+            definition: w.clone(),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    for (i, f) in fixtures.tokens.iter().enumerate() {
+        let mut t = build_token(f, &default_transition(), now);
+        if f.revision.is_none() {
+            t.revision = 100 + i as u64;
+        }
+        source.insert_token(t);
+    }
+    Arc::new(source)
 }
 
 /// Formats the per-case line: `ok   file: name (1.2 ms)`.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cb_host::harness::Harness;
+use cb_host::harness::{Harness, build_component};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cb-host");
@@ -143,14 +143,174 @@ fn a_looping_guard_is_a_timeout_in_the_harness_as_in_production() {
 #[tokio::test]
 async fn the_rust_api_asserts_for_cargo_test() {
     let h = Harness::load(Path::new(plugin("amount-limit"))).unwrap();
-    h.assert_allows(json!({"amount": 5}), json!({"max": 10})).await;
-    h.assert_denies(json!({"amount": 50}), json!({"max": 10}), "amount-over-limit")
+    h.call()
+        .config(json!({"max": 10}))
+        .data(json!({"amount": 5}))
+        .assert_allows()
         .await;
+    let (message, details) = h
+        .call()
+        .config(json!({"max": 10}))
+        .data(json!({"amount": 50}))
+        .assert_denies("amount-over-limit")
+        .await;
+    assert!(message.contains("exceeds"), "{message}");
+    assert_eq!(details["amount"], 50.0);
     let bad = Harness::load(Path::new(plugin("misbehave"))).unwrap();
-    bad.assert_error(json!({}), json!({"do": "trap"}), "trap").await;
-    // The assertions really check.
-    let h2 = Harness::load(Path::new(plugin("amount-limit"))).unwrap();
-    let caught =
-        tokio::spawn(async move { h2.assert_allows(json!({"amount": 50}), json!({"max": 10})).await }).await;
-    assert!(caught.is_err(), "assert_allows must panic on a denial");
+    let text = bad
+        .call()
+        .config(json!({"do": "trap"}))
+        .assert_error("trap")
+        .await;
+    assert!(text.contains("misbehave"), "the error names the plugin: {text}");
+
+    // The assertions really check: each wrong expectation panics.
+    let h = std::sync::Arc::new(h);
+    let wrong: Vec<tokio::task::JoinHandle<()>> = vec![
+        {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call()
+                    .config(json!({"max": 10}))
+                    .data(json!({"amount": 50}))
+                    .assert_allows()
+                    .await
+            })
+        },
+        {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call()
+                    .config(json!({"max": 10}))
+                    .data(json!({"amount": 50}))
+                    .assert_denies("other-code")
+                    .await;
+            })
+        },
+        {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call()
+                    .config(json!({"max": 10}))
+                    .data(json!({"amount": 5}))
+                    .assert_error("timeout")
+                    .await;
+            })
+        },
+    ];
+    for (i, w) in wrong.into_iter().enumerate() {
+        assert!(w.await.is_err(), "wrong expectation {i} must panic");
+    }
+}
+
+#[tokio::test]
+async fn the_harness_builds_a_plugin_crate_itself() {
+    // Into the target dir the test plugins were built in (by cb-test-plugins'
+    // build script, before any test ran), so only the final step reruns.
+    let wasm = build_component(
+        &root().join("plugins").join("amount-limit"),
+        Some(&root().join("target").join("wasm")),
+    )
+    .unwrap();
+    assert!(
+        wasm.ends_with("wasm32-wasip2/release/amount_limit.wasm"),
+        "{}",
+        wasm.display()
+    );
+    let h = Harness::load(&wasm).unwrap();
+    assert_eq!(h.plugin().world(), cb_host::plugin::World::Guard);
+    h.call()
+        .config(json!({"max": 1}))
+        .data(json!({"amount": 2}))
+        .assert_denies("amount-over-limit")
+        .await;
+
+    // The CLI takes the crate's directory as well.
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(root().join("plugins").join("amount-limit"))
+        .arg(root().join("plugins").join("amount-limit").join("cases"))
+        .env("CB_HARNESS_TARGET_DIR", root().join("target").join("wasm"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with(" passed, 0 failed\n"), "{text}");
+
+    // Not a crate: a typed error, not a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let err = Harness::build_crate(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("no Cargo.toml"), "{err}");
+    // A crate that does not compile: cargo's error is in the message.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("src")).unwrap();
+    std::fs::write(
+        broken.join("Cargo.toml"),
+        "[package]\nname = \"broken\"\nedition = \"2024\"\n[lib]\ncrate-type = [\"cdylib\"]\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(broken.join("src/lib.rs"), "fn f() -> u32 { \"no\" }").unwrap();
+    let err = build_component(&broken, Some(&dir.path().join("target"))).unwrap_err();
+    assert!(err.to_string().contains("mismatched types"), "{err}");
+}
+
+/// The opposite of an expectation: what the harness must report as a
+/// failure when the plugin does what the original expects.
+fn wrong(expect: &Value) -> Value {
+    if expect == "allow" {
+        return json!({"deny": {"code": "never-this-code"}});
+    }
+    if expect.get("deny").is_some() {
+        return json!("allow");
+    }
+    if let Some(kind) = expect.get("error") {
+        return json!({"error": if kind == "timeout" { "trap" } else { "timeout" }});
+    }
+    let mut ok = expect.clone();
+    ok["ok"]["logs"] = json!(["a line no plugin writes"]);
+    ok
+}
+
+#[test]
+fn every_example_plugin_fails_deliberately_wrong_expectations() {
+    for name in [
+        "amount-limit",
+        "require-fields",
+        "siblings-in-place",
+        "business-hours",
+        "auto-advance",
+        "audit-log",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut total = 0;
+        for entry in std::fs::read_dir(root().join("plugins").join(name).join("cases")).unwrap() {
+            let path = entry.unwrap().path();
+            let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for case in file["cases"].as_array_mut().unwrap() {
+                case["expect"] = wrong(&case["expect"]);
+                total += 1;
+            }
+            std::fs::write(dir.path().join(path.file_name().unwrap()), file.to_string()).unwrap();
+        }
+        assert!(total > 0, "{name} has no cases");
+        let out = plugin_test(&[plugin(name), dir.path().to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}:\n{text}");
+        assert_eq!(
+            text.lines().last().unwrap(),
+            format!("0 passed, {total} failed"),
+            "{name}:\n{text}"
+        );
+        assert_eq!(text.matches("FAIL").count(), total, "{name}:\n{text}");
+        assert_eq!(
+            text.matches("expected: ").count(),
+            total,
+            "a diff per case:\n{text}"
+        );
+    }
 }

@@ -14,7 +14,9 @@ impl Guard for AmountLimit {
             return deny("bad-config").message("config needs a numeric `max`").into();
         };
         let Some(amount) = ctx.token.data["amount"].as_f64() else {
-            return deny("amount-missing").message("the token has no numeric `amount`").into();
+            return deny("amount-missing")
+                .message("the token has no numeric `amount`")
+                .into();
         };
         if amount > max {
             return deny("amount-over-limit")

@@ -22,7 +22,10 @@ impl Guard for BusinessHours {
             .map(|d| d.iter().filter_map(|x| x.as_i64()).collect())
             .unwrap_or_else(|| vec![1, 2, 3, 4, 5]);
         // The WASI wall clock, fixed by the host to the firing time.
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let local = now + offset * 60;
         let minutes_of_day = local.rem_euclid(86_400) / 60;
         let hour = minutes_of_day / 60;
@@ -32,7 +35,11 @@ impl Guard for BusinessHours {
             return Decision::Allow;
         }
         deny("outside-business-hours")
-            .message(format!("it is {:02}:{:02} on day {weekday}; business hours are {start}:00-{end}:00 on days {days:?}", hour, minutes_of_day % 60))
+            .message(format!(
+                "it is {:02}:{:02} on day {weekday}; business hours are {start}:00-{end}:00 on days {days:?}",
+                hour,
+                minutes_of_day % 60
+            ))
             .detail("weekday", weekday)
             .detail("hour", hour)
             .into()

@@ -11,12 +11,16 @@ struct RequireFields;
 impl Guard for RequireFields {
     fn evaluate(ctx: GuardContext) -> Decision {
         let Some(fields) = ctx.config["fields"].as_array() else {
-            return deny("bad-config").message("config needs `fields`: a list of JSON pointers").into();
+            return deny("bad-config")
+                .message("config needs `fields`: a list of JSON pointers")
+                .into();
         };
         let mut missing = Vec::new();
         for f in fields {
             let Some(pointer) = f.as_str() else {
-                return deny("bad-config").message("every entry of `fields` must be a string").into();
+                return deny("bad-config")
+                    .message("every entry of `fields` must be a string")
+                    .into();
             };
             if ctx.token.data.pointer(pointer).is_none_or(Value::is_null) {
                 missing.push(pointer.to_string());

@@ -175,7 +175,11 @@ pub struct Denial {
 /// Starts a denial with a machine-readable `code`:
 /// `deny("amount-over-limit").message("...").detail("max", 1000).into()`.
 pub fn deny(code: impl Into<String>) -> Denial {
-    Denial { code: code.into(), message: String::new(), details: Value::Null }
+    Denial {
+        code: code.into(),
+        message: String::new(),
+        details: Value::Null,
+    }
 }
 
 impl Denial {
@@ -268,7 +272,11 @@ fn token(t: types::Token) -> Token {
 }
 
 fn transition(t: types::TransitionInfo) -> TransitionInfo {
-    TransitionInfo { id: t.id, from: t.from, to: t.to }
+    TransitionInfo {
+        id: t.id,
+        from: t.from,
+        to: t.to,
+    }
 }
 
 fn error(e: types::Error) -> Error {
@@ -286,7 +294,9 @@ pub mod reader {
 
     /// A live token of a workflow.
     pub fn get_token(workflow_id: &str, token_id: &str) -> Result<Token, Error> {
-        token_reader::get_token(workflow_id, token_id).map(token).map_err(error)
+        token_reader::get_token(workflow_id, token_id)
+            .map(token)
+            .map_err(error)
     }
 
     /// One page of the tokens in a place, and the cursor of the next page.
@@ -358,8 +368,13 @@ pub mod transitions {
     /// Asks the host to fire `transition` on a token after this action
     /// succeeds; guards and compare-and-swap apply as for any firing.
     pub fn request(workflow_id: &str, token_id: &str, transition: &str, input: &Value) -> Result<(), Error> {
-        bindings::circuit_breaker::plugin::transitions::request(workflow_id, token_id, transition, &input.to_string())
-            .map_err(error)
+        bindings::circuit_breaker::plugin::transitions::request(
+            workflow_id,
+            token_id,
+            transition,
+            &input.to_string(),
+        )
+        .map_err(error)
     }
 }
 

@@ -18,7 +18,9 @@ impl Guard for SiblingsInPlace {
         };
         let key = ctx.config["key"].as_str().unwrap_or("parent");
         let Some(parent) = ctx.token.metadata.get(key) else {
-            return deny("no-parent").message(format!("the token has no `{key}` metadata")).into();
+            return deny("no-parent")
+                .message(format!("the token has no `{key}` metadata"))
+                .into();
         };
         let wf = &ctx.token.workflow_id;
         let workflow = match reader::get_workflow(wf) {

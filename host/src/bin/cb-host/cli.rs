@@ -248,7 +248,11 @@ enum PluginCmd {
     /// any case fails.
     ///
     /// Example: cb-host plugin test target/plugins/amount-limit.wasm plugins/amount-limit/cases
+    ///
+    /// Example (build the crate first): cb-host plugin test plugins/amount-limit plugins/amount-limit/cases
     Test {
+        /// The component (.wasm), or a plugin crate's directory: it is then
+        /// built for wasm32-wasip2 (release) first.
         plugin: PathBuf,
         /// Case files, or directories of *.json case files.
         #[arg(required = true)]
@@ -398,7 +402,12 @@ fn inspect(file: &Path, out: Out) -> anyhow::Result<()> {
 
 fn plugin_test(plugin: &Path, cases: &[PathBuf], filter: Option<&str>, out: Out) -> anyhow::Result<()> {
     use cb_host::harness::{Harness, line};
-    let harness = Harness::load(plugin).map_err(|e| UsageError(e.to_string()))?;
+    let harness = if plugin.is_dir() {
+        Harness::build_crate(plugin)
+    } else {
+        Harness::load(plugin)
+    }
+    .map_err(|e| UsageError(e.to_string()))?;
     let files = Harness::collect(cases).map_err(|e| UsageError(e.to_string()))?;
     let rt = runtime()?;
     let mut reports = Vec::new();

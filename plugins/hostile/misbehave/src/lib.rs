@@ -83,7 +83,10 @@ impl Guard for Misbehave {
                 }
                 Decision::Allow
             }
-            "file" => blocked("file", std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())),
+            "file" => blocked(
+                "file",
+                std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string()),
+            ),
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 let args: Vec<String> = std::env::args().collect();
@@ -96,7 +99,9 @@ impl Guard for Misbehave {
             }
             "socket" => blocked(
                 "socket",
-                std::net::TcpStream::connect("127.0.0.1:4222").map(|_| "connected".into()).map_err(|e| e.to_string()),
+                std::net::TcpStream::connect("127.0.0.1:4222")
+                    .map(|_| "connected".into())
+                    .map_err(|e| e.to_string()),
             ),
             "dns" => blocked(
                 "dns",
