@@ -42,17 +42,20 @@ demo: plugins
 	$(CARGO) build --release -p cb-host
 	CB_NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))" target/release/cb-host demo
 
-## bench: storage benchmarks with raw async-nats baselines (release build)
+## bench: every benchmark next to its baselines (raw async-nats, the original
+## strategy), then one report: target/bench/report.md and report.json
 bench: setup
 	$(WITH_NATS) $(CARGO) bench --bench storage
 	$(CARGO) bench --bench plugins
 	$(WITH_NATS) $(CARGO) bench --bench engine
+	$(WITH_NATS) $(CARGO) bench --bench report
 
-## bench-quick: the same with fewer iterations
+## bench-quick: the same with fewer iterations (under a minute once built)
 bench-quick: setup
 	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench storage
 	CB_BENCH_QUICK=1 $(CARGO) bench --bench plugins
 	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench engine
+	$(WITH_NATS) $(CARGO) bench --bench report
 
 clean:
 	$(CARGO) clean

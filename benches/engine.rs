@@ -1,6 +1,10 @@
 //! Engine benchmarks: fire with one Rust guard (amount-limit) at 1 and 64
 //! in flight next to the raw atomic batch a move is built on, and action
-//! throughput with `audit-log`. `make bench`.
+//! throughput with `audit-log`. `make bench`; writes
+//! `target/bench/engine.json`.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -11,24 +15,11 @@ use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRe
 use cb_host::model::{Id, WorkflowDefinition};
 use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
 use cb_host::store::{NewToken, Store, StoreConfig};
+use common::Role::{Ours, Raw};
 use serde_json::json;
 
 fn id(s: &str) -> Id {
     Id::new(s).unwrap()
-}
-
-fn report(name: &str, mut lat: Vec<Duration>, elapsed: Duration, ops: usize) -> serde_json::Value {
-    lat.sort();
-    let pct =
-        |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1e6;
-    let per_sec = ops as f64 / elapsed.as_secs_f64();
-    eprintln!(
-        "  {name:<52} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
-        pct(0.5),
-        pct(0.99),
-        per_sec
-    );
-    json!({"name": name, "ops": ops, "p50_us": pct(0.5), "p99_us": pct(0.99), "per_sec": per_sec})
 }
 
 const WF: &str = r#"{ "id": "bench", "places": ["ping", "pong", "a", "b"], "initial_place": "ping",
@@ -94,7 +85,8 @@ async fn raw_moves(client: &async_nats::Client, n: usize) -> anyhow::Result<Vec<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::var_os("CB_BENCH_QUICK").is_some();
+    let mut b = common::Bench::new("engine", 3);
+    let quick = b.quick;
     let window = if quick {
         Duration::from_millis(700)
     } else {
@@ -121,21 +113,15 @@ async fn main() -> anyhow::Result<()> {
         .writer()
         .put_definition(&WorkflowDefinition::parse(WF.as_bytes())?)
         .await?;
-    let mut rows = Vec::new();
     eprintln!(
         "engine benchmarks against {} (file storage, one server)",
         server.url()
     );
 
-    eprintln!("[fire] 1 in flight");
+    b.section("fire: 1 in flight");
     let t0 = Instant::now();
     let raw = raw_moves(&client, n1).await?;
-    rows.push(report(
-        "raw atomic batch per move, 1 in flight",
-        raw,
-        t0.elapsed(),
-        n1,
-    ));
+    let raw_elapsed = t0.elapsed();
     engine
         .create_token(
             &id("bench"),
@@ -156,14 +142,23 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         lat.push(s.elapsed());
     }
-    rows.push(report(
-        "fire with one guard (read + evaluate + batch), 1 in flight",
+    let op = "fire with one guard, 1 in flight";
+    b.record(
+        op,
+        Ours,
+        "engine.fire: read + evaluate + CAS batch",
         lat,
         t0.elapsed(),
-        n1,
-    ));
+    );
+    b.record(
+        op,
+        Raw,
+        "one atomic batch per move (no read, no guard)",
+        raw,
+        raw_elapsed,
+    );
 
-    eprintln!("[fire] 64 in flight");
+    b.section("fire: 64 in flight");
     for i in 0..64 {
         engine
             .create_token(
@@ -200,10 +195,15 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         lat.extend(t.await?);
     }
-    let n = lat.len();
-    rows.push(report("fire with one guard, 64 in flight", lat, t0.elapsed(), n));
+    b.record(
+        "fire with one guard, 64 in flight",
+        Ours,
+        "engine.fire (group commit)",
+        lat,
+        t0.elapsed(),
+    );
 
-    eprintln!("[actions] audit-log");
+    b.section("actions: audit-log events drained by the dispatcher");
     let events = if quick { 300 } else { 3000 };
     let tasks: Vec<_> = (0..events)
         .map(|i| {
@@ -255,27 +255,12 @@ async fn main() -> anyhow::Result<()> {
     dispatcher.shutdown().await;
     // All transition events (the ping-pong ones have no actions) pass the
     // dispatcher; report the events with actions.
-    rows.push(report(
-        "actions: audit-log events drained",
+    b.record(
+        "actions: events drained, 32 in progress",
+        Ours,
+        "dispatcher running audit-log (mean per event)",
         vec![elapsed / events as u32; events],
         elapsed,
-        events,
-    ));
-
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("engine.json"), serde_json::to_string_pretty(&rows)?)?;
-    println!("| operation | ops | p50 µs | p99 µs | ops/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} |",
-            r["name"].as_str().unwrap(),
-            r["ops"],
-            r["p50_us"].as_f64().unwrap(),
-            r["p99_us"].as_f64().unwrap(),
-            r["per_sec"].as_f64().unwrap()
-        );
-    }
-    Ok(())
+    );
+    b.save()
 }

@@ -1,6 +1,10 @@
 //! Plugin runtime benchmarks: guard evaluate on a fresh instance (pooling +
-//! `InstancePre`), compile vs cached load, and evaluate with a
-//! `token-reader` call. `make bench`.
+//! `InstancePre`) next to compiling per call, cached load next to compile,
+//! and evaluate with `token-reader` calls. `make bench`; writes
+//! `target/bench/plugins.json`.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,26 +12,12 @@ use std::time::{Duration, Instant};
 use cb_host::model::{Id, StoredDefinition, Token, Transition, WorkflowDefinition};
 use cb_host::plugin::{Decision, GuardInput, PluginRuntime, RuntimeConfig};
 use cb_host::store::{MemorySource, TokenSource};
+use common::Role::{Ours, Raw};
 use serde_json::json;
 use time::OffsetDateTime;
 
 fn id(s: &str) -> Id {
     Id::new(s).unwrap()
-}
-
-fn report(name: &str, mut lat: Vec<Duration>) -> serde_json::Value {
-    lat.sort();
-    let pct =
-        |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1e6;
-    let total: Duration = lat.iter().sum();
-    let per_sec = lat.len() as f64 / total.as_secs_f64();
-    eprintln!(
-        "  {name:<52} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
-        pct(0.5),
-        pct(0.99),
-        per_sec
-    );
-    json!({"name": name, "ops": lat.len(), "p50_us": pct(0.5), "p99_us": pct(0.99), "per_sec": per_sec})
 }
 
 fn token(i: u64) -> Token {
@@ -48,7 +38,8 @@ fn token(i: u64) -> Token {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::var_os("CB_BENCH_QUICK").is_some();
+    let mut b = common::Bench::new("plugins", 4);
+    let quick = b.quick;
     let n = if quick { 2_000 } else { 20_000 };
     let cache = tempfile::tempdir()?;
     let config = RuntimeConfig {
@@ -57,9 +48,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let rt = PluginRuntime::new(config.clone())?;
     eprintln!("plugin benchmarks (pooling allocator: {})", rt.is_pooling());
-    let mut rows = Vec::new();
 
-    eprintln!("[load] compile vs cached load");
+    b.section("load: compile vs cached artifact");
     let bytes = std::fs::read(cb_test_plugins::AMOUNT_LIMIT)?;
     let (mut compile, mut cached) = (Vec::new(), Vec::new());
     for i in 0..if quick { 3 } else { 10 } {
@@ -81,10 +71,13 @@ async fn main() -> anyhow::Result<()> {
         assert_eq!(again.compile_count(), 0, "run {i}: cached load compiled");
         drop(p);
     }
-    rows.push(report("load amount-limit: compile (107 KB component)", compile));
-    rows.push(report("load amount-limit: cached artifact", cached));
+    let total = |v: &Vec<Duration>| v.iter().sum();
+    let (ct, kt) = (total(&compile), total(&cached));
+    let op = format!("plugin load (amount-limit, {} KB)", bytes.len() / 1024);
+    b.record(&op, Ours, "cached artifact (digest + engine hash)", cached, kt);
+    b.record(&op, Raw, "compile (Component::new)", compile, ct);
 
-    eprintln!("[evaluate] fresh store + instance per call");
+    b.section("evaluate: fresh store + instance per call");
     let guard = rt.load("amount-limit", &bytes)?;
     let empty: Arc<dyn TokenSource> = Arc::new(MemorySource::new());
     let transition = Transition {
@@ -113,9 +106,39 @@ async fn main() -> anyhow::Result<()> {
         lat.push(s.elapsed());
         assert_eq!(out.value, Decision::Allow);
     }
-    rows.push(report("guard evaluate (amount-limit), fresh instance", lat));
+    let lt = total(&lat);
+    b.record(
+        "guard evaluate (amount-limit)",
+        Ours,
+        "fresh store + instance from InstancePre",
+        lat,
+        lt,
+    );
 
-    eprintln!("[evaluate] with token-reader calls");
+    b.section("evaluate: compile + instantiate per call");
+    let mut lat = Vec::new();
+    for i in 0..if quick { 3 } else { 10 } {
+        let dir = tempfile::tempdir()?;
+        let fresh = PluginRuntime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..config.clone()
+        })?;
+        let inp = input(i);
+        let s = Instant::now();
+        let p = fresh.load("amount-limit", &bytes)?;
+        p.evaluate(&inp, empty.clone()).await?;
+        lat.push(s.elapsed());
+    }
+    let lt = total(&lat);
+    b.record(
+        "guard evaluate (amount-limit)",
+        Raw,
+        "compile + instantiate per call (no cache, no InstancePre)",
+        lat,
+        lt,
+    );
+
+    b.section("evaluate: with token-reader calls");
     let source = MemorySource::new();
     let def = WorkflowDefinition::parse(
         br#"{"id":"orders","places":["open","done"],"initial_place":"open",
@@ -141,22 +164,13 @@ async fn main() -> anyhow::Result<()> {
         siblings.evaluate(&inp, source.clone()).await?;
         lat.push(s.elapsed());
     }
-    rows.push(report("guard evaluate (siblings-in-place: 3 reader calls)", lat));
-
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("plugins.json"), serde_json::to_string_pretty(&rows)?)?;
-    println!("| operation | ops | p50 µs | p99 µs | ops/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} |",
-            r["name"].as_str().unwrap(),
-            r["ops"],
-            r["p50_us"].as_f64().unwrap(),
-            r["p99_us"].as_f64().unwrap(),
-            r["per_sec"].as_f64().unwrap()
-        );
-    }
-    Ok(())
+    let lt = total(&lat);
+    b.record(
+        "guard evaluate (siblings-in-place: 3 reader calls)",
+        Ours,
+        "fresh instance, in-memory token-reader",
+        lat,
+        lt,
+    );
+    b.save()
 }

@@ -1,49 +1,31 @@
-//! Storage benchmarks, each next to the raw async-nats operation it is built
-//! on, measured in the same run against the same server.
+//! Storage benchmarks, each next to its baselines measured in the same run
+//! against the same server: the raw async-nats operation it is built on,
+//! and the original storage work's strategy (token lookup by reading every
+//! version through an ephemeral AckNone consumer; place listing through an
+//! ordered LastPerSubject consumer; create as publish, stamp, publish again).
 //!
 //! `make bench` (or `make bench-quick`). Starts its own file-backed
-//! `nats-server` unless `CB_BENCH_NATS_URL` is set. Prints a Markdown table
-//! and writes `target/bench/storage.json`.
+//! `nats-server` unless `CB_BENCH_NATS_URL` is set. Arguments pick sections
+//! (`get create move list`); writes `target/bench/storage.json`.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use cb_host::model::{Id, StoredDefinition, Token, WorkflowDefinition};
-use cb_host::store::{Move, NewToken, Store, StoreConfig};
+use cb_host::store::{Move, NewToken, Store, StoreConfig, StoreWriter};
+use common::Role::{Original, Ours, Raw};
+use futures::StreamExt;
 use serde_json::json;
+use time::OffsetDateTime;
 
 const STREAM: &str = "CB_BENCH";
-
-struct Row {
-    name: String,
-    ops: usize,
-    p50_us: f64,
-    p99_us: f64,
-    per_sec: f64,
-}
-
-fn row(name: impl Into<String>, mut lat: Vec<Duration>, elapsed: Duration) -> Row {
-    lat.sort();
-    let pct = |p: f64| {
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i].as_secs_f64() * 1e6
-    };
-    let r = Row {
-        name: name.into(),
-        ops: lat.len(),
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
-    };
-    eprintln!(
-        "  {:<48} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
-        r.name, r.p50_us, r.p99_us, r.per_sec
-    );
-    r
-}
 
 fn id(s: &str) -> Id {
     Id::new(s).unwrap()
@@ -53,61 +35,87 @@ const PINGPONG: &str = r#"{ "id": "bench", "places": ["ping", "pong"], "initial_
   "transitions": [ { "id": "hit", "from": ["ping"], "to": "pong" },
                    { "id": "back", "from": ["pong"], "to": "ping" } ] }"#;
 
-struct Bench {
-    quick: bool,
+struct Ctx {
     store: Store,
     client: async_nats::Client,
+    js: jetstream::Context,
     stream: jetstream::stream::Stream,
     def: Arc<StoredDefinition>,
 }
 
-impl Bench {
-    fn iterations(&self, full: usize) -> usize {
-        if self.quick { (full / 10).max(50) } else { full }
-    }
+fn iterations(b: &common::Bench, full: usize) -> usize {
+    if b.quick { (full / 10).max(5) } else { full }
+}
 
-    fn window(&self) -> Duration {
-        if self.quick {
-            Duration::from_millis(700)
-        } else {
-            Duration::from_secs(
-                std::env::var("CB_BENCH_WINDOW")
-                    .ok()
-                    .and_then(|w| w.parse().ok())
-                    .unwrap_or(4),
+fn window(b: &common::Bench) -> Duration {
+    if b.quick {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(
+            std::env::var("CB_BENCH_WINDOW")
+                .ok()
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(4),
+        )
+    }
+}
+
+/// Creates `n` tokens of `def` concurrently (group commit).
+async fn create_tokens(store: &Store, def: &Arc<StoredDefinition>, prefix: &str, n: usize) -> Vec<Token> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (w, d) = (store.writer(), def.clone());
+        let tid = id(&format!("{prefix}{i}"));
+        tasks.push(tokio::spawn(async move {
+            w.create_token(
+                &d,
+                NewToken {
+                    id: Some(tid),
+                    ..Default::default()
+                },
             )
-        }
+            .await
+            .unwrap()
+            .token
+        }));
     }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
 
-    async fn create_tokens(&self, prefix: &str, n: usize) -> Vec<Token> {
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            let (w, d) = (self.store.writer(), self.def.clone());
-            let tid = id(&format!("{prefix}{i}"));
-            tasks.push(tokio::spawn(async move {
-                w.create_token(
-                    &d,
-                    NewToken {
-                        id: Some(tid),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap()
-                .token
-            }));
-        }
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
+fn ping_pong(t: &Token) -> Move {
+    let (transition, to) = if t.place == "ping" {
+        ("hit", "pong")
+    } else {
+        ("back", "ping")
+    };
+    Move {
+        transition: id(transition),
+        to: id(to),
+        actor: None,
+        input: json!(null),
+        data: None,
+        msg_id: None,
     }
+}
+
+async fn move_once(w: &StoreWriter, def: &StoredDefinition, t: Token) -> Token {
+    let m = ping_pong(&t);
+    w.move_token(&def.definition, &t, m).await.unwrap().token
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::var_os("CB_BENCH_QUICK").is_some();
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    let sections = ["get", "create", "move", "list"]
+        .iter()
+        .filter(|s| run(s))
+        .count();
+    let mut b = common::Bench::new("storage", sections);
     let _server;
     let url = match std::env::var("CB_BENCH_NATS_URL") {
         Ok(u) => u,
@@ -120,15 +128,13 @@ async fn main() -> anyhow::Result<()> {
     };
     eprintln!(
         "storage benchmarks against {url} (file storage, one server){}",
-        if quick { ", quick" } else { "" }
+        if b.quick { ", quick" } else { "" }
     );
     let client = async_nats::connect(&url).await?;
     let mut config = StoreConfig::development().with_stream(STREAM).with_replicas(1);
     if std::env::var_os("CB_BENCH_NO_TTL").is_some() {
         config.tombstone_ttl = None;
     }
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let store = Store::open(client.clone(), config).await?;
     let def = Arc::new(
         store
@@ -136,77 +142,190 @@ async fn main() -> anyhow::Result<()> {
             .put_definition(&WorkflowDefinition::parse(PINGPONG.as_bytes())?)
             .await?,
     );
-    let stream = jetstream::new(client.clone()).get_stream(STREAM).await?;
-    let b = Bench {
-        quick,
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(STREAM).await?;
+    let c = Ctx {
         store,
         client,
+        js,
         stream,
         def,
     };
-    let mut rows = Vec::new();
     if run("get") {
-        eprintln!("[get] token and workflow get");
-        bench_get(&b, &mut rows).await?;
+        b.section("get: token (1 and 10,000 prior transitions) and workflow");
+        bench_get(&mut b, &c).await?;
     }
     if run("create") {
-        eprintln!("[create] token create");
-        bench_create(&b, &mut rows).await?;
+        b.section("create: 1 and 64 in flight");
+        bench_create(&mut b, &c).await?;
     }
     if run("move") {
-        eprintln!("[move] moves at 1, 8, 64 in flight");
-        bench_move(&b, &mut rows).await?;
+        b.section("move: 1, 8, 64, 256 in flight");
+        bench_move(&mut b, &c).await?;
     }
     if run("list") {
-        eprintln!("[list] list a place of 1,000 tokens");
-        bench_list(&b, &mut rows).await?;
+        b.section("list: a place of 100 and of 10,000 tokens");
+        bench_list(&mut b, &c).await?;
     }
-    print_report(&rows)?;
-    Ok(())
+    b.save()
 }
 
-/// Token get vs the raw wildcard Direct Get it is built on, interleaved so
-/// both see the same server and machine state.
-async fn bench_get(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let tokens = b.create_tokens("g", 100).await;
-    let n = b.iterations(10_000);
-    let reader = b.store.reader();
-    let (mut raw, mut ours, mut wf) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut raw_t, mut ours_t, mut wf_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    for i in 0..n {
-        let tid = &tokens[i % tokens.len()].id;
+/// The original's token version: the whole token, stamped with its time.
+fn original_version(tid: &str, n: u64) -> Bytes {
+    serde_json::to_vec(&json!({
+        "id": tid, "workflow_id": "orig", "place": if n % 2 == 0 { "ping" } else { "pong" },
+        "data": {}, "revision": n,
+        "updated_at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+    }))
+    .unwrap()
+    .into()
+}
+
+/// The original's lookup: an ephemeral AckNone consumer over every version
+/// of the token's subject, keeping the newest by timestamp.
+async fn original_get(c: &Ctx, filter: String) -> anyhow::Result<serde_json::Value> {
+    let consumer: jetstream::consumer::PullConsumer = c
+        .stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let name = consumer.cached_info().name.clone();
+    let (mut got, mut newest): (usize, Option<(OffsetDateTime, serde_json::Value)>) = (0, None);
+    while got < pending {
+        let mut batch = consumer.fetch().max_messages(1000).messages().await?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            got += 1;
+            let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+            let at = OffsetDateTime::parse(
+                v["updated_at"].as_str().unwrap_or_default(),
+                &time::format_description::well_known::Rfc3339,
+            )?;
+            if newest.as_ref().is_none_or(|(n, _)| at >= *n) {
+                newest = Some((at, v));
+            }
+        }
+    }
+    // Not timed by the caller's intent, but the server must not pile up
+    // consumers during the run.
+    let _ = c.stream.delete_consumer(&name).await;
+    newest
+        .map(|(_, v)| v)
+        .ok_or_else(|| anyhow::anyhow!("no versions"))
+}
+
+/// Token get vs the raw wildcard Direct Get it is built on and the
+/// original's consumer scan, interleaved so all see the same server and
+/// machine state; for a token with 1 and with 10,000 prior transitions.
+async fn bench_get(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
+    let reader = c.store.reader();
+    let w = c.store.writer();
+    for prior in [1usize, if b.quick { 1_000 } else { 10_000 }] {
+        // Ours: real moves. The original's: that many versions on one subject.
+        let mut tok = create_tokens(&c.store, &c.def, &format!("g{prior}x"), 1)
+            .await
+            .remove(0);
+        for _ in 0..prior {
+            tok = move_once(&w, &c.def, tok).await;
+        }
+        let otid = format!("og{prior}");
+        // Pipelined, but never more acks outstanding than async-nats allows
+        // (it applies backpressure at its in-flight limit).
+        let mut acks = Vec::new();
+        for n in 0..=prior as u64 {
+            acks.push(
+                c.js.publish(
+                    format!("cb.workflows.orig.places.all.tokens.{otid}"),
+                    original_version(&otid, n),
+                )
+                .await?,
+            );
+            if acks.len() == 1000 {
+                for a in acks.drain(..) {
+                    a.await?;
+                }
+            }
+        }
+        for a in acks {
+            a.await?;
+        }
+        let n = iterations(b, if prior == 1 { 5_000 } else { 1_000 });
+        let n_orig = iterations(b, if prior == 1 { 1_000 } else { 50 });
+        let (mut raw, mut ours, mut orig) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_t, mut ours_t, mut orig_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for i in 0..n {
+            let s = Instant::now();
+            c.stream
+                .direct_get_last_for_subject(format!("cb.workflows.bench.places.*.tokens.{}", tok.id))
+                .await?;
+            let e = s.elapsed();
+            raw.push(e);
+            raw_t += e;
+            let s = Instant::now();
+            let got = reader.get_token(&id("bench"), &tok.id).await?;
+            let e = s.elapsed();
+            ours.push(e);
+            ours_t += e;
+            anyhow::ensure!(got.revision == tok.revision, "stale read");
+            if i < n_orig {
+                let s = Instant::now();
+                let v = original_get(c, format!("cb.workflows.orig.places.*.tokens.{otid}")).await?;
+                let e = s.elapsed();
+                orig.push(e);
+                orig_t += e;
+                anyhow::ensure!(
+                    v["revision"] == prior as u64,
+                    "original lookup found {}",
+                    v["revision"]
+                );
+            }
+        }
+        let op = format!(
+            "token get, {prior} prior transition{}",
+            if prior == 1 { "" } else { "s" }
+        );
+        b.record(&op, Ours, "reader.get_token", ours, ours_t);
+        b.record(&op, Raw, "Direct Get, wildcard last_by_subj", raw, raw_t);
+        b.record(
+            &op,
+            Original,
+            "ephemeral AckNone consumer, newest by time",
+            orig,
+            orig_t,
+        );
+    }
+    let n = iterations(b, 5_000);
+    let (mut raw, mut ours, mut raw_t, mut ours_t) = (Vec::new(), Vec::new(), Duration::ZERO, Duration::ZERO);
+    for _ in 0..n {
         let s = Instant::now();
-        b.stream
-            .direct_get_last_for_subject(format!("cb.workflows.bench.places.*.tokens.{tid}"))
+        c.stream
+            .direct_get_last_for_subject("cb.workflows.bench.definition")
             .await?;
         let e = s.elapsed();
         raw.push(e);
         raw_t += e;
         let s = Instant::now();
-        reader.get_token(&id("bench"), tid).await?;
+        reader.get_definition(&id("bench")).await?;
         let e = s.elapsed();
         ours.push(e);
         ours_t += e;
-        let s = Instant::now();
-        reader.get_definition(&id("bench")).await?;
-        let e = s.elapsed();
-        wf.push(e);
-        wf_t += e;
     }
-    rows.push(row("raw Direct Get (wildcard last_by_subj)", raw, raw_t));
-    rows.push(row("token get", ours, ours_t));
-    rows.push(row("workflow get", wf, wf_t));
+    b.record("workflow get", Ours, "reader.get_definition", ours, ours_t);
+    b.record("workflow get", Raw, "Direct Get last_by_subj", raw, raw_t);
     Ok(())
 }
 
-async fn bench_create(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let n = b.iterations(3000);
-    let js = jetstream::new(b.client.clone());
-    let (mut lat, t0) = (Vec::with_capacity(n), Instant::now());
+async fn bench_create(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
+    let n = iterations(b, 2000);
+    let writer = c.store.writer();
+    let (mut raw, mut ours, mut orig) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_t, mut ours_t, mut orig_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for i in 0..n {
         let s = Instant::now();
         let mut h = HeaderMap::new();
@@ -215,41 +334,59 @@ async fn bench_create(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             "Nats-Expected-Last-Subject-Sequence-Subject",
             format!("cb.workflows.raw.places.*.tokens.c{i}").as_str(),
         );
-        js.publish_with_headers(
+        c.js.publish_with_headers(
             format!("cb.workflows.raw.places.ping.tokens.c{i}"),
             h,
             Bytes::from_static(b"{}"),
         )
         .await?
         .await?;
-        lat.push(s.elapsed());
-    }
-    rows.push(row("raw CAS publish, 1 in flight", lat, t0.elapsed()));
-    let (mut lat, t0) = (Vec::with_capacity(n), Instant::now());
-    let writer = b.store.writer();
-    for i in 0..n {
+        let e = s.elapsed();
+        raw.push(e);
+        raw_t += e;
+
         let s = Instant::now();
         writer
             .create_token(
-                &b.def,
+                &c.def,
                 NewToken {
                     id: Some(id(&format!("c{i}"))),
                     ..Default::default()
                 },
             )
             .await?;
-        lat.push(s.elapsed());
+        let e = s.elapsed();
+        ours.push(e);
+        ours_t += e;
+
+        // The original: publish, stamp the token with its sequence and
+        // time, publish again.
+        let s = Instant::now();
+        let subject = format!("cb.workflows.orig.places.ping.tokens.oc{i}");
+        let ack =
+            c.js.publish(subject.clone(), original_version("x", 0))
+                .await?
+                .await?;
+        let mut v: serde_json::Value = serde_json::from_slice(&original_version("x", 0))?;
+        v["revision"] = ack.sequence.into();
+        v["created_at"] = v["updated_at"].clone();
+        c.js.publish(subject, serde_json::to_vec(&v)?.into())
+            .await?
+            .await?;
+        let e = s.elapsed();
+        orig.push(e);
+        orig_t += e;
     }
-    rows.push(row(
-        "create (atomic batch: state + event), 1 in flight",
-        lat,
-        t0.elapsed(),
-    ));
-    let n64 = b.iterations(20_000);
+    let op = "token create, 1 in flight";
+    b.record(op, Ours, "create (atomic batch: state + event)", ours, ours_t);
+    b.record(op, Raw, "CAS publish (state only)", raw, raw_t);
+    b.record(op, Original, "publish, stamp, publish again", orig, orig_t);
+
+    let n64 = iterations(b, 20_000);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..64 {
-        let (writer, def) = (b.store.writer(), b.def.clone());
+        let (writer, def) = (c.store.writer(), c.def.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             for i in (w..n64).step_by(64) {
@@ -273,82 +410,34 @@ async fn bench_create(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for t in tasks {
         lat.extend(t.await?);
     }
-    rows.push(row("create, 64 in flight (group commit)", lat, t0.elapsed()));
+    b.record(
+        "token create, 64 in flight",
+        Ours,
+        "create (group commit)",
+        lat,
+        t0.elapsed(),
+    );
     Ok(())
 }
 
-async fn bench_move(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let js = jetstream::new(b.client.clone());
+async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
     let levels: Vec<usize> = std::env::var("CB_BENCH_MOVE_C")
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|_| vec![1, 8, 64]);
-    for c in levels {
-        // Raw baseline: one atomic batch per move, the same three messages.
-        let mut toks = Vec::new();
-        for i in 0..c {
-            let tid = format!("raw{c}x{i}");
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Expected-Last-Subject-Sequence", "0");
-            h.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
-            );
-            let ack = js
-                .publish_with_headers(
-                    format!("cb.workflows.raw.places.ping.tokens.{tid}"),
-                    h,
-                    "{}".into(),
-                )
-                .await?
-                .await?;
-            toks.push((tid, "ping".to_string(), ack.sequence));
-        }
-        let window = b.window();
-        let t0 = Instant::now();
-        let mut tasks = Vec::new();
-        for (tid, place, seq) in toks {
-            let client = b.client.clone();
-            tasks.push(tokio::spawn(async move {
-                raw_mover(client, tid, place, seq, window).await
-            }));
-        }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await??);
-        }
-        rows.push(row(
-            format!("raw atomic batch per move, {c} in flight"),
-            lat,
-            t0.elapsed(),
-        ));
-        if c > 1 {
-            let (lat, elapsed) = raw_group(&b.client, c, window).await?;
-            rows.push(row(
-                format!("raw atomic batch of {c} moves, 1 batch in flight"),
-                lat,
-                elapsed,
-            ));
-        }
-
-        let toks = b.create_tokens(&format!("m{c}x"), c).await;
+        .unwrap_or_else(|_| vec![1, 8, 64, 256]);
+    let window = window(b);
+    for n in levels {
+        let op = format!("token move, {n} in flight");
+        // Ours.
+        let toks = create_tokens(&c.store, &c.def, &format!("m{n}x"), n).await;
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for mut t in toks {
-            let (writer, def) = (b.store.writer(), b.def.clone());
+            let (writer, def) = (c.store.writer(), c.def.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while t0.elapsed() < window {
-                    let to = if t.place == "ping" { "pong" } else { "ping" };
                     let s = Instant::now();
-                    let m = Move {
-                        transition: id("hit"),
-                        to: id(to),
-                        actor: None,
-                        input: json!(null),
-                        data: None,
-                        msg_id: None,
-                    };
-                    t = writer.move_token(&def.definition, &t, m).await.unwrap().token;
+                    t = move_once(&writer, &def, t).await;
                     lat.push(s.elapsed());
                 }
                 lat
@@ -358,57 +447,130 @@ async fn bench_move(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         for t in tasks {
             lat.extend(t.await?);
         }
-        rows.push(row(
-            format!("move (group commit), {c} in flight"),
-            lat,
-            t0.elapsed(),
-        ));
+        b.record(&op, Ours, "move_token (group commit)", lat, t0.elapsed());
+
+        // Raw: one atomic batch per move, the same three messages.
+        let mut toks = Vec::new();
+        for i in 0..n {
+            let tid = format!("raw{n}x{i}");
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            h.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
+            );
+            let ack =
+                c.js.publish_with_headers(
+                    format!("cb.workflows.raw.places.ping.tokens.{tid}"),
+                    h,
+                    "{}".into(),
+                )
+                .await?
+                .await?;
+            toks.push((tid, "ping".to_string(), ack.sequence));
+        }
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for (tid, place, seq) in toks {
+            let client = c.client.clone();
+            tasks.push(tokio::spawn(async move {
+                raw_mover(client, tid, place, seq, window).await
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await??);
+        }
+        b.record(&op, Raw, "one atomic batch per move", lat, t0.elapsed());
+        if n > 1 {
+            let (lat, elapsed) = raw_group(&c.client, n, window).await?;
+            b.record(
+                &op,
+                Raw,
+                &format!("all {n} moves in one atomic batch (group-commit ceiling)"),
+                lat,
+                elapsed,
+            );
+        }
     }
     Ok(())
 }
 
-async fn bench_list(b: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    // A workflow of its own, so the place holds exactly 1,000 tokens.
-    let def = WorkflowDefinition::parse(PINGPONG.replace("\"bench\"", "\"listing\"").as_bytes())?;
-    let def = Arc::new(b.store.writer().put_definition(&def).await?);
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let (w, d) = (b.store.writer(), def.clone());
-        tasks.push(tokio::spawn(async move {
-            w.create_token(
-                &d,
-                NewToken {
-                    id: Some(id(&format!("l{i}"))),
-                    ..Default::default()
-                },
-            )
-            .await
-        }));
+async fn bench_list(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
+    let reader = c.store.reader();
+    let page = StoreConfig::development().page_size;
+    for size in [100usize, if b.quick { 2_000 } else { 10_000 }] {
+        // A workflow of its own, so the place holds exactly `size` tokens.
+        let wf = format!("listing{size}");
+        let def = WorkflowDefinition::parse(PINGPONG.replace("\"bench\"", &format!("\"{wf}\"")).as_bytes())?;
+        let def = Arc::new(c.store.writer().put_definition(&def).await?);
+        create_tokens(&c.store, &def, "l", size).await;
+        let n = iterations(b, if size == 100 { 1_000 } else { 30 });
+        let filter = format!("cb.workflows.{wf}.places.ping.tokens.*");
+        let (mut raw, mut ours, mut orig) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_t, mut ours_t, mut orig_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for _ in 0..n {
+            let s = Instant::now();
+            let got = raw_next_all(&c.client, &filter, page).await?;
+            let e = s.elapsed();
+            raw.push(e);
+            raw_t += e;
+            anyhow::ensure!(got == size, "raw listing returned {got}");
+
+            let s = Instant::now();
+            let got = reader.list_place_all(&id(&wf), &id("ping")).await?;
+            let e = s.elapsed();
+            ours.push(e);
+            ours_t += e;
+            anyhow::ensure!(got.len() == size, "listing returned {}", got.len());
+
+            let s = Instant::now();
+            let got = original_list(c, &filter).await?;
+            let e = s.elapsed();
+            orig.push(e);
+            orig_t += e;
+            anyhow::ensure!(got == size, "ordered consumer returned {got}");
+        }
+        let op = format!("list a place of {size} tokens");
+        b.record(&op, Ours, "reader.list_place_all", ours, ours_t);
+        b.record(&op, Raw, "next_by_subj Direct Get batches", raw, raw_t);
+        b.record(&op, Original, "ordered LastPerSubject consumer", orig, orig_t);
     }
-    for t in tasks {
-        t.await??;
-    }
-    let reader = b.store.reader();
-    let n = b.iterations(300);
-    let filter = "cb.workflows.listing.places.ping.tokens.*";
-    let (mut raw, mut ours, mut raw_t, mut ours_t) = (Vec::new(), Vec::new(), Duration::ZERO, Duration::ZERO);
-    for _ in 0..n {
-        let s = Instant::now();
-        let got = raw_multi_last(&b.client, filter).await?;
-        let e = s.elapsed();
-        raw.push(e);
-        raw_t += e;
-        anyhow::ensure!(got == 1000, "multi_last returned {got}");
-        let s = Instant::now();
-        let got = reader.list_place_all(&id("listing"), &id("ping")).await?;
-        let e = s.elapsed();
-        ours.push(e);
-        ours_t += e;
-        anyhow::ensure!(got.len() == 1000, "listing returned {}", got.len());
-    }
-    rows.push(row("raw multi_last, 1,000 subjects", raw, raw_t));
-    rows.push(row("list place (1,000 tokens)", ours, ours_t));
     Ok(())
+}
+
+/// The original's listing: an ordered consumer delivering the last message
+/// per subject; parses each token. Returns how many it read.
+async fn original_list(c: &Ctx, filter: &str) -> anyhow::Result<usize> {
+    let consumer = c
+        .stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let name = consumer.cached_info().name.clone();
+    if consumer.cached_info().num_pending == 0 {
+        let _ = c.stream.delete_consumer(&name).await;
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await?;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _: serde_json::Value = serde_json::from_slice(&m.payload)?;
+        seen.insert(m.subject.to_string());
+        if m.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
+            break;
+        }
+    }
+    // Ephemeral consumers linger until their inactivity threshold; the
+    // original would pile them up, the benchmark must not (the stream caps
+    // its consumers).
+    drop(messages);
+    let _ = c.stream.delete_consumer(&name).await;
+    Ok(seen.len())
 }
 
 /// Moves one token back and forth with one raw atomic batch per move:
@@ -559,41 +721,34 @@ async fn raw_group(
     Ok((out, elapsed))
 }
 
-/// One raw `multi_last` request; returns the number of messages received.
-async fn raw_multi_last(client: &async_nats::Client, filter: &str) -> anyhow::Result<usize> {
-    use futures::StreamExt;
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await?;
-    let body = serde_json::to_vec(&json!({ "multi_last": [filter], "batch": 1024 }))?;
-    client
-        .publish_with_reply(format!("$JS.API.DIRECT.GET.{STREAM}"), inbox, body.into())
-        .await?;
-    let mut n = 0;
-    while let Some(m) = sub.next().await {
-        match m.status {
-            None => n += 1,
-            Some(_) => break,
+/// The raw form of a place listing: batched Direct Gets with
+/// `next_by_subj`, page after page, counting the messages.
+async fn raw_next_all(client: &async_nats::Client, filter: &str, page: usize) -> anyhow::Result<usize> {
+    let (mut n, mut seq) = (0, 1u64);
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await?;
+        let body = serde_json::to_vec(&json!({ "seq": seq, "next_by_subj": filter, "batch": page }))?;
+        client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{STREAM}"), inbox, body.into())
+            .await?;
+        let mut got = 0;
+        while let Some(m) = sub.next().await {
+            if m.status.is_some() {
+                break;
+            }
+            got += 1;
+            let last: u64 = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no Nats-Sequence"))?;
+            seq = last + 1;
+        }
+        n += got;
+        if got < page {
+            return Ok(n);
         }
     }
-    Ok(n)
-}
-
-fn print_report(rows: &[Row]) -> anyhow::Result<()> {
-    println!("| operation | ops | p50 µs | p99 µs | ops/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} |",
-            r.name, r.ops, r.p50_us, r.p99_us, r.per_sec
-        );
-    }
-    let json: Vec<_> = rows
-        .iter()
-        .map(|r| json!({"name": r.name, "ops": r.ops, "p50_us": r.p50_us, "p99_us": r.p99_us, "per_sec": r.per_sec}))
-        .collect();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("storage.json"), serde_json::to_string_pretty(&json)?)?;
-    eprintln!("saved {}", dir.join("storage.json").display());
-    Ok(())
 }

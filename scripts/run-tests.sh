@@ -22,6 +22,9 @@ cargo test --manifest-path plugins/Cargo.toml --target-dir target \
   -p amount-limit -p require-fields -p siblings-in-place -p business-hours 2>&1 | tee -a "$log"
 cargo test --manifest-path plugins/Cargo.toml --target-dir target -p auto-advance -p audit-log 2>&1 | tee -a "$log"
 
+echo "== examples/nats_timing_test (the original's five scenarios, exits 1 on any failure)"
+cargo run --quiet --example nats_timing_test -- --tokens 100 2>&1 | tee -a "$log"
+
 echo "== plugin case files (cb-host plugin test)"
 for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do
   RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/$p.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"

@@ -1,41 +1,15 @@
 //! The real `cb-host` binary against a real nats-server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cb_test_support::NatsServer;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cb-host");
+mod support;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A plugin directory with the plugins the example workflow uses.
-fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, path) in cb_test_plugins::ALL {
-        if ["amount-limit", "require-fields", "auto-advance", "audit-log"].contains(name) {
-            std::fs::copy(path, dir.path().join(format!("{name}.wasm"))).unwrap();
-        }
-    }
-    dir
-}
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--nats-url")
-        .arg(url)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use support::{BIN, cli, plugin_dir, root, serve_with, wait_service};
 
 fn json_of(out: &Output) -> Value {
     assert!(
@@ -46,56 +20,6 @@ fn json_of(out: &Output) -> Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-struct Serve {
-    child: Child,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until the service answers `$SRV.PING` on `url`.
-fn wait_service(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        loop {
-            if let Ok(c) = async_nats::connect(url).await
-                && let Ok(Ok(_)) = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    c.request("$SRV.PING.circuit-breaker", "".into()),
-                )
-                .await
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "service did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-}
-
-fn serve_with(url: &str, plugins: &Path) -> Serve {
-    let child = Command::new(BIN)
-        .args(["--nats-url", url, "serve", "--replicas", "1", "--plugins"])
-        .arg(plugins)
-        .arg("--definitions")
-        .arg(root().join("examples/workflows"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_service(url);
-    Serve { child }
 }
 
 #[test]

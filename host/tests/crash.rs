@@ -1,8 +1,7 @@
 //! Host crashes: `kill -9` of a `cb-host serve` process while it runs
-//! actions; another host finishes the work, nothing lost, nothing doubled.
+//! actions, and while it serves firings; another host finishes the work,
+//! nothing lost, nothing doubled.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cb_host::Host;
@@ -12,65 +11,16 @@ use cb_host::store::StoreConfig;
 use cb_test_support::NatsServer;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cb-host");
+mod support;
+
+use support::{plugin_dir, spawn_serve};
 
 fn id(s: &str) -> Id {
     Id::new(s).unwrap()
 }
 
-fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, path) in cb_test_plugins::ALL {
-        if ["amount-limit", "require-fields", "auto-advance", "audit-log"].contains(name) {
-            std::fs::copy(path, dir.path().join(format!("{name}.wasm"))).unwrap();
-        }
-    }
-    dir
-}
-
-/// A `cb-host serve` process, killed and reaped on drop.
-struct Serve(Child);
-
-impl Serve {
-    /// `kill -9`.
-    fn kill9(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(url: &str, plugins: &Path) -> Serve {
-    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Command::new(BIN)
-        .args([
-            "--nats-url",
-            url,
-            "serve",
-            "--replicas",
-            "1",
-            "--action-ack-wait-ms",
-            "1500",
-            "--plugins",
-        ])
-        .arg(plugins)
-        .arg("--definitions")
-        .arg(root.join("examples/workflows"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Serve)
-        .unwrap()
+fn serve(url: &str, plugins: &std::path::Path) -> support::Serve {
+    spawn_serve(url, plugins, &["--action-ack-wait-ms", "1500"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,4 +120,174 @@ async fn a_host_killed_mid_actions_leaves_nothing_lost_or_doubled() {
             "{t}: an action failed"
         );
     }
+}
+
+/// Waits (bounded) until every action event was processed and acked.
+async fn actions_drained(client: &async_nats::Client) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = async {
+            let stream = async_nats::jetstream::new(client.clone())
+                .get_stream("CIRCUIT_BREAKER")
+                .await
+                .ok()?;
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("cb-actions").await.ok()?;
+            let info = c.info().await.ok()?;
+            Some(info.num_pending == 0 && info.num_ack_pending == 0)
+        }
+        .await;
+        if done == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "actions still pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_while_serving_firings_loses_and_doubles_nothing() {
+    use cb_host::api::ApiClient;
+    use serde_json::Value;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+
+    let server = NatsServer::start();
+    let url = server.url();
+    let plugins = plugin_dir();
+    let mut a = serve(&url, plugins.path());
+    let _b = serve(&url, plugins.path());
+    support::wait_service(&url);
+    let nats = async_nats::connect(&url).await.unwrap();
+    // Requests are spread over both hosts' service (one queue group).
+    let api = ApiClient::new(nats.clone(), "cb", Duration::from_secs(3));
+
+    #[derive(Default)]
+    struct Seen {
+        created: BTreeSet<String>,
+        maybe: BTreeSet<String>,
+        approved: BTreeMap<String, u64>,
+        errors: usize,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (api, seen, stop) = (api.clone(), seen.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = format!("w{w}-{i}");
+                i += 1;
+                let create =
+                    json!({"workflow": "expense-approval", "id": t, "data": {"amount": 10, "owner": "ana"}});
+                if api.call::<_, Value>("token.create", &create).await.is_err() {
+                    let mut s = seen.lock().await;
+                    s.maybe.insert(t);
+                    s.errors += 1;
+                    continue;
+                }
+                seen.lock().await.created.insert(t.clone());
+                for transition in ["submit", "approve"] {
+                    match api
+                        .call::<_, Value>("token.fire", &json!({"id": t, "transition": transition}))
+                        .await
+                    {
+                        Ok(fired) if transition == "approve" => {
+                            let seq = fired["event_sequence"].as_u64().expect("event_sequence");
+                            seen.lock().await.approved.insert(t.clone(), seq);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            seen.lock().await.errors += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let approved = async |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.lock().await.approved.len() < n {
+            assert!(Instant::now() < deadline, "firings stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    approved(30).await;
+    a.kill9(); // while firings (and their actions) are in flight
+    let at_kill = seen.lock().await.approved.len();
+    approved(at_kill + 40).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    actions_drained(&nats).await;
+
+    let client = Host::builder()
+        .nats_url(&url)
+        .store(StoreConfig::development())
+        .plugin_dir(plugins.path())
+        .build()
+        .await
+        .unwrap();
+    let wf = id("expense-approval");
+    let seen = seen.lock().await;
+    let reader = client.engine().store().reader();
+    let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for place in ["draft", "submitted", "approved", "rejected", "paid"] {
+        for tok in reader.list_place_all(&wf, &id(place)).await.unwrap() {
+            listed
+                .entry(tok.id.to_string())
+                .or_default()
+                .push(place.to_string());
+        }
+    }
+    let mut checked = 0;
+    for t in seen.created.iter().chain(seen.maybe.iter()) {
+        let token = match client.get_token(Some(&wf), &id(t)).await {
+            Ok(tok) => tok,
+            Err(_) if seen.maybe.contains(t) => continue, // never created
+            Err(e) => panic!("{t} was created (acknowledged) but is lost: {e}"),
+        };
+        let h = client.history(Some(&wf), &id(t), None, 100).await.unwrap().items;
+        let count = |name: &str| -> Vec<u64> {
+            h.iter()
+                .filter(|e| matches!(&e.kind, EventKind::Transition { transition, .. } if transition == name))
+                .map(|e| e.sequence)
+                .collect()
+        };
+        let (approve, pay) = (count("approve"), count("pay"));
+        assert!(
+            approve.len() <= 1 && count("submit").len() <= 1,
+            "{t}: doubled firing"
+        );
+        assert_eq!(
+            pay.len(),
+            approve.len(),
+            "{t}: approved {approve:?}, paid {pay:?}"
+        );
+        if let Some(seq) = seen.approved.get(t) {
+            assert_eq!(approve, [*seq], "{t}: the acknowledged approval");
+            assert_eq!(token.place, "paid", "{t}");
+        }
+        assert!(
+            !h.iter().any(|e| matches!(e.kind, EventKind::ActionFailed { .. })),
+            "{t}: an action failed"
+        );
+        // Live in exactly one place: the one `get` reports.
+        assert_eq!(
+            listed.get(t.as_str()).map(Vec::as_slice),
+            Some([token.place.to_string()].as_slice()),
+            "{t}: listed in the wrong places"
+        );
+        checked += 1;
+    }
+    eprintln!(
+        "host kill -9 while serving firings: {checked} tokens checked, {} approvals acknowledged \
+         ({at_kill} before the kill), {} calls failed, lost: 0, doubled: 0",
+        seen.approved.len(),
+        seen.errors
+    );
 }

@@ -1,0 +1,140 @@
+//! What every benchmark shares: percentiles, rows tagged with the baseline
+//! they are compared to, a progress line, and the JSON each bench writes to
+//! `target/bench/<bench>.json` for `benches/report.rs` to merge.
+
+#![allow(dead_code)] // each bench uses a different part
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Who a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Circuit Breaker's own operation.
+    Ours,
+    /// The raw async-nats operation it is built on.
+    Raw,
+    /// The original storage work's strategy, reimplemented as a baseline.
+    Original,
+}
+
+/// One measured operation. Rows with the same `op` are compared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// The benchmark binary (`storage`, `plugins`, `engine`).
+    pub bench: String,
+    /// The operation being compared, e.g. `token get`.
+    pub op: String,
+    /// Ours, raw or the original's strategy.
+    pub role: Role,
+    /// What exactly was run.
+    pub what: String,
+    /// Samples.
+    pub ops: usize,
+    /// Median latency.
+    pub p50_us: f64,
+    /// 99th percentile latency.
+    pub p99_us: f64,
+    /// Operations per second over the measured wall time.
+    pub per_sec: f64,
+}
+
+/// Rows of one bench, with a progress line per section on stderr.
+pub struct Bench {
+    name: &'static str,
+    pub quick: bool,
+    sections: usize,
+    done: usize,
+    started: Instant,
+    pub rows: Vec<Row>,
+}
+
+impl Bench {
+    pub fn new(name: &'static str, sections: usize) -> Bench {
+        Bench {
+            name,
+            quick: std::env::var_os("CB_BENCH_QUICK").is_some(),
+            sections,
+            done: 0,
+            started: Instant::now(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Announces the next section: `[storage 3/7 +12.4s] moves, 64 in flight`.
+    pub fn section(&mut self, what: &str) {
+        self.done += 1;
+        eprintln!(
+            "[{} {}/{} +{:.1}s] {what}",
+            self.name,
+            self.done,
+            self.sections,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Records latencies measured over `elapsed` wall time (throughput is
+    /// samples / elapsed, so concurrent samples count).
+    pub fn record(&mut self, op: &str, role: Role, what: &str, lat: Vec<Duration>, elapsed: Duration) {
+        let r = summarize(self.name, op, role, what, lat, elapsed);
+        eprintln!(
+            "    {:<8} {:<58} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
+            format!("{:?}", r.role).to_lowercase(),
+            r.what,
+            r.p50_us,
+            r.p99_us,
+            r.per_sec
+        );
+        self.rows.push(r);
+    }
+
+    /// Writes `target/bench/<name>.json`.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let dir = bench_dir();
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{}.json", self.name));
+        std::fs::write(&file, serde_json::to_string_pretty(&self.rows)?)?;
+        eprintln!(
+            "[{}] done in {:.1}s, saved {}",
+            self.name,
+            self.started.elapsed().as_secs_f64(),
+            file.display()
+        );
+        Ok(())
+    }
+}
+
+pub fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench")
+}
+
+pub fn summarize(
+    bench: &str,
+    op: &str,
+    role: Role,
+    what: &str,
+    mut lat: Vec<Duration>,
+    elapsed: Duration,
+) -> Row {
+    assert!(!lat.is_empty(), "{op}: no samples");
+    lat.sort();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1e6
+    };
+    Row {
+        bench: bench.into(),
+        op: op.into(),
+        role,
+        what: what.into(),
+        ops: lat.len(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
