@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
 /// The original's token version: the whole token, stamped with its time.
 fn original_version(tid: &str, n: u64) -> Bytes {
     serde_json::to_vec(&json!({
-        "id": tid, "workflow_id": "orig", "place": if n % 2 == 0 { "ping" } else { "pong" },
+        "id": tid, "workflow_id": "orig", "place": if n.is_multiple_of(2) { "ping" } else { "pong" },
         "data": {}, "revision": n,
         "updated_at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
     }))

@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         StoreConfig::development()
             .with_stream(&stream)
-            .with_prefix(&format!("cbt{}", std::process::id())),
+            .with_prefix(format!("cbt{}", std::process::id())),
     )
     .await?;
     let engine = Engine::new(store.clone(), PluginRegistry::new(), EngineConfig::default());

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRequest};
-use cb_host::model::{EventKind, Id};
+use cb_host::model::EventKind;
 use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
 use cb_host::store::{NewToken, Store, StoreConfig};
 use common::*;
@@ -202,7 +202,7 @@ async fn check(store: &Store, seen: &Seen) -> usize {
     let mut checked = 0;
     for (t, places) in &live {
         let token = reader.get_token_from_leader(&wf, &id(t)).await.unwrap();
-        assert_eq!(&token.place, &places[0], "{t}: get and list disagree");
+        assert_eq!(token.place.as_str(), places[0], "{t}: get and list disagree");
         let events = reader.history(&wf, &id(t), None, 100).await.unwrap().items;
         let of = |name: &str| -> Vec<u64> {
             events

@@ -109,22 +109,52 @@ impl HostBuilder {
     }
 }
 
-/// Connects to one or more comma-separated NATS URLs, retrying while the
-/// server starts.
+/// `urls` with any password or token replaced by `***`, for logs and errors.
+pub fn redact_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &u[scheme + 3..at];
+                let shown = match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => "***".to_string(),
+                };
+                format!("{}{shown}{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Connects to one or more comma-separated NATS URLs (the client fails
+/// over between them). A URL may carry credentials: `user:password@` or
+/// `token@`.
 pub async fn connect(urls: &str) -> Result<async_nats::Client, HostError> {
     let addrs: Vec<async_nats::ServerAddr> = urls
         .split(',')
         .map(|u| {
             u.trim()
                 .parse()
-                .map_err(|e| HostError::Connect(format!("bad NATS URL {u:?}: {e}")))
+                .map_err(|e| HostError::Connect(format!("bad NATS URL {:?}: {e}", redact_credentials(u))))
         })
         .collect::<Result<_, _>>()?;
-    async_nats::ConnectOptions::new()
-        .name("cb-host")
-        .connect(addrs)
-        .await
-        .map_err(|e| HostError::Connect(format!("cannot connect to NATS at {urls}: {e}")))
+    // async-nats 0.51 does not send the user info of a URL; do it here
+    // (`nats://user:password@host` or `nats://token@host`).
+    let mut options = async_nats::ConnectOptions::new().name("cb-host");
+    if let Some(a) = addrs.iter().find(|a| a.has_user_pass()) {
+        let user = a.username().unwrap_or_default().to_string();
+        options = match a.password() {
+            Some(pass) => options.user_and_password(user, pass.to_string()),
+            None => options.token(user),
+        };
+    }
+    options.connect(addrs).await.map_err(|e| {
+        HostError::Connect(format!(
+            "cannot connect to NATS at {}: {e}",
+            redact_credentials(urls)
+        ))
+    })
 }
 
 /// An embeddable Circuit Breaker host. Cloning is cheap.
@@ -328,5 +358,19 @@ impl Serving {
     pub async fn shutdown(self) {
         self.service.stop().await;
         self.dispatcher.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn credentials_never_reach_logs() {
+        assert_eq!(
+            redact_credentials("nats://host:pw@127.0.0.1:4222,nats://tok@h2:4222,nats://h3:4222"),
+            "nats://host:***@127.0.0.1:4222,nats://***@h2:4222,nats://h3:4222"
+        );
+        assert_eq!(redact_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
     }
 }

@@ -25,4 +25,4 @@ pub mod model;
 pub mod plugin;
 pub mod store;
 
-pub use host::{Host, HostBuilder, HostError, Serving, connect};
+pub use host::{Host, HostBuilder, HostError, Serving, connect, redact_credentials};

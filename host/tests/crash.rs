@@ -158,7 +158,10 @@ async fn a_host_killed_while_serving_firings_loses_and_doubles_nothing() {
     let plugins = plugin_dir();
     let mut a = serve(&url, plugins.path());
     let _b = serve(&url, plugins.path());
-    support::wait_service(&url);
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || support::wait_service(&u))
+        .await
+        .unwrap();
     let nats = async_nats::connect(&url).await.unwrap();
     // Requests are spread over both hosts' service (one queue group).
     let api = ApiClient::new(nats.clone(), "cb", Duration::from_secs(3));

@@ -29,6 +29,17 @@ pub enum ApiError {
         /// The deadline.
         timeout: Duration,
     },
+    /// The request is larger than the server's `max_payload`: it was not
+    /// sent.
+    #[error(
+        "the request is {size} bytes, more than the server's max_payload of {max} bytes; nothing was sent"
+    )]
+    TooLarge {
+        /// The request's size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
     /// Anything else (connection lost, undecodable reply).
     #[error("{0}")]
     Other(String),
@@ -69,6 +80,13 @@ impl ApiClient {
         payload: Vec<u8>,
     ) -> Result<R, ApiError> {
         let subject = format!("{}.{endpoint}", self.prefix);
+        let max = self.client.server_info().max_payload;
+        if payload.len() > max {
+            return Err(ApiError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         let fut = self.client.request(subject.clone(), payload.into());
         let msg = match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => {

@@ -277,13 +277,36 @@ impl Engine {
         } else {
             self.inner.config.max_attempts.max(1)
         };
+        let reader = &self.inner.reader;
+        // On a replicated stream a Direct Get may come from a replica that
+        // lags. A refusal must not rest on such a read: a missing token, an
+        // older revision than expected, a place the transition does not
+        // start from, or a lost CAS are confirmed with (or retried from) the
+        // stream leader.
+        let lag = reader.may_lag();
+        let mut from_leader = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = self.inner.reader.get_token(&req.workflow, &req.token).await?;
+            let token = if from_leader {
+                reader.get_token_from_leader(&req.workflow, &req.token).await?
+            } else {
+                match reader.get_token(&req.workflow, &req.token).await {
+                    Err(StoreError::NotFound(_)) if lag => {
+                        from_leader = true;
+                        reader.get_token_from_leader(&req.workflow, &req.token).await?
+                    }
+                    other => other?,
+                }
+            };
             if let Some(expected) = req.expected_revision
                 && token.revision != expected
             {
+                if token.revision < expected && lag && !from_leader {
+                    from_leader = true;
+                    attempt -= 1;
+                    continue;
+                }
                 return Err(FireError::Conflict {
                     token: req.token.clone(),
                     attempts: attempt,
@@ -299,6 +322,11 @@ impl Engine {
                     version: def.version,
                 })?;
             if !transition.from.contains(&token.place) {
+                if lag && !from_leader {
+                    from_leader = true;
+                    attempt -= 1;
+                    continue;
+                }
                 return Err(FireError::NotEnabled {
                     token: req.token.clone(),
                     transition: req.transition.clone(),
@@ -336,6 +364,7 @@ impl Engine {
                 }
                 Err(StoreError::Conflict { .. }) if attempt < max => {
                     tracing::debug!(token = %req.token, attempt, "lost a race; re-reading");
+                    from_leader = lag;
                 }
                 Err(StoreError::Conflict { .. }) => {
                     return Err(FireError::Conflict {

@@ -181,7 +181,7 @@ impl StoreReader {
     ) -> Result<StoredDefinition, StoreError> {
         let timeout = self.shared.config.request_timeout;
         let missing = || Missing::WorkflowVersion(workflow.clone(), version);
-        let msg = self
+        let direct = self
             .retry(|| async {
                 match tokio::time::timeout(timeout, self.shared.stream.direct_get(version)).await {
                     Err(_) => Err(StoreError::Timeout {
@@ -191,11 +191,50 @@ impl StoreReader {
                     Ok(r) => r.map_err(|e| map_direct("get definition version", e, missing, timeout)),
                 }
             })
-            .await?;
+            .await;
+        // A version is asked for because a token or event names it, so it
+        // exists: a miss from a Direct Get replica that lags (a node that
+        // just rejoined) is confirmed with the leader.
+        let msg = match direct {
+            Err(StoreError::NotFound(_)) if self.may_lag() => {
+                self.sequence_from_leader(version, missing).await?
+            }
+            other => other?,
+        };
         if msg.subject.as_str() != self.shared.subjects.definition(workflow) {
             return Err(StoreError::NotFound(missing()));
         }
         decode_definition(&msg)
+    }
+
+    /// Whether a Direct Get may be answered by a replica behind the leader
+    /// (the stream has more than one replica).
+    pub(crate) fn may_lag(&self) -> bool {
+        self.shared.config.replicas > 1
+    }
+
+    /// The message at `seq`, from the stream leader (`STREAM.MSG.GET`).
+    async fn sequence_from_leader(
+        &self,
+        seq: u64,
+        missing: impl Fn() -> Missing,
+    ) -> Result<async_nats::jetstream::message::StreamMessage, StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as K;
+        let timeout = self.shared.config.request_timeout;
+        self.retry(|| async {
+            match tokio::time::timeout(timeout, self.shared.stream.get_raw_message(seq)).await {
+                Err(_) => Err(StoreError::Timeout {
+                    operation: "get message (leader)".into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+                Ok(Ok(m)) => Ok(m),
+                Ok(Err(e)) => match e.kind() {
+                    K::NoMessageFound => Err(StoreError::NotFound(missing())),
+                    _ => Err(StoreError::unavailable("get message (leader)", e)),
+                },
+            }
+        })
+        .await
     }
 
     /// The latest definition of every workflow, ordered by id.

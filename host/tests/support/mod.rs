@@ -71,9 +71,17 @@ pub(crate) fn spawn_serve(url: &str, plugins: &Path, extra: &[&str]) -> Serve {
         .arg(plugins)
         .arg("--definitions")
         .arg(root().join("examples/workflows"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CB_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // CB_TEST_SERVE_LOG=info (a RUST_LOG filter) shows the hosts' logs.
+        .stderr(if std::env::var_os("CB_TEST_SERVE_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .map(Serve)
         .unwrap()
@@ -97,7 +105,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 /// Whether the service answers `$SRV.PING` on `url` within 500 ms.
 pub(crate) fn service_answers(url: &str) -> bool {
     block_on(async {
-        let Ok(c) = async_nats::connect(url).await else {
+        let Ok(c) = cb_host::connect(url).await else {
             return false;
         };
         matches!(
@@ -123,7 +131,7 @@ pub(crate) fn wait_service(url: &str) {
 /// Message count and last sequence of the host's stream.
 pub(crate) fn stream_state(url: &str) -> (u64, u64) {
     block_on(async {
-        let c = async_nats::connect(url).await.unwrap();
+        let c = cb_host::connect(url).await.unwrap();
         let mut s = async_nats::jetstream::new(c)
             .get_stream("CIRCUIT_BREAKER")
             .await

@@ -162,10 +162,10 @@ enum TokenCmd {
     /// Example: cb-host token create expense-approval --data '{"amount": 120}'
     Create {
         workflow: String,
-        /// Initial data (JSON).
+        /// Initial data (JSON; `@FILE` reads a file, `-` standard input).
         #[arg(long)]
         data: Option<String>,
-        /// Metadata (a JSON object of strings).
+        /// Metadata (a JSON object of strings; `@FILE` or `-` as for --data).
         #[arg(long)]
         metadata: Option<String>,
         /// Choose the id (default: generated).
@@ -197,7 +197,7 @@ enum TokenCmd {
     Fire {
         id: String,
         transition: String,
-        /// Input for the guards (JSON).
+        /// Input for the guards (JSON; `@FILE` reads a file, `-` standard input).
         #[arg(long)]
         input: Option<String>,
         #[arg(long)]
@@ -311,6 +311,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             "invalid" => exit::USAGE,
             _ => exit::ERROR,
         },
+        Some(ApiError::TooLarge { .. }) => exit::USAGE,
         _ => exit::ERROR,
     }
 }
@@ -330,10 +331,30 @@ fn id(s: &str, what: &str) -> anyhow::Result<Id> {
     Id::new(s).map_err(|e| UsageError(format!("{what}: {e}")).into())
 }
 
+/// The text of a JSON argument: the argument itself, `@FILE` for a file's
+/// contents, or `-` for standard input (arguments are capped at 128 KiB by
+/// the OS; data may be larger).
+fn arg_text(s: &str, what: &str) -> anyhow::Result<String> {
+    let read = |r: std::io::Result<String>, from: &str| {
+        r.map_err(|e| anyhow::Error::from(UsageError(format!("--{what}: cannot read {from}: {e}"))))
+    };
+    if s == "-" {
+        let mut text = String::new();
+        read(
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text),
+            "stdin",
+        )
+    } else if let Some(path) = s.strip_prefix('@') {
+        read(std::fs::read_to_string(path), path)
+    } else {
+        Ok(s.to_string())
+    }
+}
+
 fn json_arg(s: Option<&str>, what: &str) -> anyhow::Result<serde_json::Value> {
     match s {
         None => Ok(serde_json::Value::Null),
-        Some(text) => serde_json::from_str(text)
+        Some(arg) => serde_json::from_str(&arg_text(arg, what)?)
             .map_err(|e| UsageError(format!("--{what} is not valid JSON: {e}")).into()),
     }
 }
@@ -395,7 +416,7 @@ fn inspect(file: &Path, out: Out) -> anyhow::Result<()> {
     let info = rt.inspect(&name, &bytes).map_err(|e| UsageError(e.to_string()))?;
     out.inspection(&info);
     if let Some(problem) = &info.problem {
-        bail!("{problem}");
+        return Err(UsageError(problem.clone()).into());
     }
     Ok(())
 }
@@ -501,7 +522,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
         }) => {
             let metadata: Metadata = match metadata {
                 None => Metadata::new(),
-                Some(m) => serde_json::from_str(m)
+                Some(m) => serde_json::from_str(&arg_text(m, "metadata")?)
                     .map_err(|e| UsageError(format!("--metadata must be a JSON object of strings: {e}")))?,
             };
             let req = TokenCreate {
@@ -696,7 +717,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             dispatcher.ack_wait = Duration::from_millis(ms);
         }
         let serving = host.serve(dispatcher).await?;
-        tracing::info!(nats = %url, "cb-host serving; Ctrl-C or SIGTERM to stop");
+        tracing::info!(
+            nats = %cb_host::redact_credentials(&url),
+            "cb-host serving; Ctrl-C or SIGTERM to stop"
+        );
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and actions in progress");
         serving.shutdown().await;
