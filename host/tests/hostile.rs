@@ -267,6 +267,17 @@ fn hostile_cli_input_gets_typed_errors_and_leaves_the_stream_unchanged() {
     let got = cli(&url, &["--json", "token", "get", "t1"]);
     let got: Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(got["place"], "draft");
+    // Cycles are not hostile: rework loops are ordinary workflows, so a
+    // cyclic definition is stored (after the unchanged-stream check).
+    let cyclic = dir.path().join("cyclic.json");
+    std::fs::write(
+        &cyclic,
+        r#"{"id": "loop", "places": ["a", "b"], "initial_place": "a",
+            "transitions": [{"id": "go", "from": ["a"], "to": "b"}, {"id": "back", "from": ["b"], "to": "a"}]}"#,
+    )
+    .unwrap();
+    let out = cli(&url, &["workflow", "apply", cyclic.to_str().unwrap()]);
+    assert!(out.status.success(), "a cyclic definition: {}", stderr(&out));
     assert!(tried > 200, "{tried} inputs");
     eprintln!("{tried} hostile CLI inputs, each refused with a typed error; stream unchanged");
 }

@@ -70,7 +70,10 @@ impl Store {
         }
         let subjects = subjects::Subjects::new(&config.prefix);
         let js = async_nats::jetstream::new(client.clone());
-        let stream = stream::ensure(&js, &config, &subjects).await?;
+        let mut stream = stream::ensure(&js, &config, &subjects).await?;
+        if config.replicas > 1 {
+            wait_for_leader(&mut stream, config.request_timeout * 4).await?;
+        }
         let shared = Arc::new(reader::Shared {
             client,
             stream,
@@ -102,5 +105,32 @@ impl Store {
     /// The configuration in force.
     pub fn config(&self) -> &StoreConfig {
         self.writer.reader().config()
+    }
+}
+
+/// A replicated stream just created (or moving) has no leader for a moment,
+/// and Direct Gets get "no responders" until it has: wait for one, bounded.
+async fn wait_for_leader(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    limit: std::time::Duration,
+) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        let leader = match stream.info().await {
+            Ok(info) => info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            Err(_) => None,
+        };
+        if leader.is_some() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::unavailable(
+                "open",
+                format!("the stream has no leader after {limit:?}"),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 }

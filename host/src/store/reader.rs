@@ -96,6 +96,12 @@ fn map_direct(
             operation: op.into(),
             timeout_ms: timeout.as_millis() as u64,
         },
+        // 503: no responders (a new or moving stream whose Direct Get
+        // responders are not subscribed yet, or JetStream not ready):
+        // transient, so retried.
+        DirectGetErrorKind::ErrorResponse(code, desc) if code.as_u16() == 503 => {
+            StoreError::unavailable(op, format!("{desc} (503)"))
+        }
         DirectGetErrorKind::ErrorResponse(code, desc) => StoreError::Server {
             operation: op.into(),
             code: code.as_u16(),

@@ -15,6 +15,26 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// Implemented by the JetStream [`StoreReader`] and by the plugin test
 /// harness's in-memory fixtures; a shared conformance test runs against both.
+///
+/// A plugin call takes an `Arc<dyn TokenSource>` and nothing else from
+/// storage, and the writer is not a `TokenSource`, so no plugin can be given
+/// a way to write. This does not compile:
+///
+/// ```compile_fail
+/// fn serve_plugins_from<T: cb_host::store::TokenSource>(_: T) {}
+/// fn try_it(writer: cb_host::store::StoreWriter) {
+///     serve_plugins_from(writer);
+/// }
+/// ```
+///
+/// while the reader does:
+///
+/// ```
+/// fn serve_plugins_from<T: cb_host::store::TokenSource>(_: T) {}
+/// fn try_it(reader: cb_host::store::StoreReader) {
+///     serve_plugins_from(reader);
+/// }
+/// ```
 pub trait TokenSource: Send + Sync + 'static {
     /// The live token `token` of `workflow`.
     fn get_token<'a>(&'a self, workflow: &'a Id, token: &'a Id) -> BoxFuture<'a, Result<Token, StoreError>>;
