@@ -333,6 +333,20 @@ async fn each_hostile_plugin_gets_its_typed_error_within_its_limit_and_the_next_
 async fn the_sandbox_grants_nothing() {
     let (rt, _c) = runtime();
     let bad = load(&rt, wasm::MISBEHAVE);
+    // Nothing survives from one call to the next, though pool slots (and
+    // their memory) are reused: statics and heap start as the image has them.
+    for call in 0..20 {
+        match misbehave(&bad, "remember").await {
+            Ok(Decision::Deny { details, .. }) => {
+                assert_eq!(details["seen"], 0, "call {call} saw an earlier call's static");
+                assert_eq!(
+                    details["dirty_words"], 0,
+                    "call {call} saw an earlier call's heap"
+                );
+            }
+            other => panic!("remember: {other:?}"),
+        }
+    }
     for what in ["file", "env", "socket", "dns"] {
         match misbehave(&bad, what).await {
             Ok(Decision::Deny { code, message, .. }) => {

@@ -12,6 +12,9 @@
 //!   `escape-blocked` and the error, or allow if the escape worked.
 //! - `random`: denies with the first random bytes and the clock, so a test
 //!   can check both are fixed per firing.
+//! - `remember`: denies with what a static and a heap buffer held when the
+//!   call began (`seen`), then marks both: a call must never see an earlier
+//!   call's marks (instances, and their reused memory, start fresh).
 //! - anything else: allow.
 
 use std::io::Write;
@@ -19,6 +22,8 @@ use std::io::Write;
 use cb_sdk::{Decision, Guard, GuardContext, deny, log, reader};
 
 struct Misbehave;
+
+static MARK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[inline(never)]
 #[allow(unconditional_recursion)]
@@ -119,6 +124,28 @@ impl Guard for Misbehave {
                 let hasher = std::collections::hash_map::RandomState::new();
                 let h = std::hash::BuildHasher::hash_one(&hasher, 42u64);
                 deny("random").detail("now_nanos", now).detail("hash", h).into()
+            }
+            "remember" => {
+                let before = MARK.swap(0xC0FFEE, std::sync::atomic::Ordering::Relaxed);
+                // A fresh heap block: whatever an earlier call left in the
+                // same memory must not show through. Raw allocation and
+                // volatile reads: this plugin inspects memory on purpose.
+                let layout = std::alloc::Layout::from_size_align(4096 * 8, 8).expect("layout");
+                let dirty = unsafe {
+                    let p = std::alloc::alloc(layout) as *mut u64;
+                    let mut dirty = 0;
+                    for i in 0..4096 {
+                        if std::ptr::read_volatile(p.add(i)) == 0xBADC0DE {
+                            dirty += 1;
+                        }
+                        std::ptr::write_volatile(p.add(i), 0xBADC0DE);
+                    }
+                    dirty
+                };
+                deny("remember")
+                    .detail("seen", before)
+                    .detail("dirty_words", dirty)
+                    .into()
             }
             _ => Decision::Allow,
         }
