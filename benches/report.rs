@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use common::{Role, Row};
 
-const BENCHES: &[&str] = &["storage", "engine", "plugins"];
+const BENCHES: &[&str] = &["storage", "engine", "plugins"]; // report order
 
 fn main() -> anyhow::Result<()> {
     let dir = common::bench_dir();
