@@ -246,6 +246,68 @@ async fn two_engines_sixteen_concurrent_firings_exactly_one_wins() {
     }
 }
 
+/// Engine A remembers the tokens it wrote and fires from that memory; when
+/// engine B changed a token meanwhile, A must neither refuse on its stale
+/// copy nor commit on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cached_token_never_causes_a_wrong_refusal_or_a_wrong_write() {
+    let e = engine_env().await;
+    let client2 = connect(&e.env.server.url()).await;
+    let store2 = Store::open(client2, config()).await.unwrap();
+    let (reg2, _c2) = registry();
+    let b = Engine::new(store2, reg2, EngineConfig::default());
+    let a = &e.engine;
+
+    // A created it (cached in draft); B submitted it: A's approve must fire.
+    create(a, "moved", json!({"amount": 5, "owner": "ana"})).await;
+    b.fire(fire("moved", "submit")).await.unwrap();
+    let fired = a.fire(fire("moved", "approve")).await.unwrap();
+    assert_eq!(fired.from, "submitted");
+
+    // A created it with an amount over the limit (cached, a denial); B
+    // lowered the amount: A's submit must be allowed.
+    create(a, "lowered", json!({"amount": 5000, "owner": "ana"})).await;
+    b.update(
+        &id("expense"),
+        &id("lowered"),
+        Some(json!({"amount": 50, "owner": "ana"})),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let fired = a.fire(fire("lowered", "submit")).await.unwrap();
+    assert_eq!(fired.token.data["amount"], 50, "guards saw the current data");
+
+    // A created it (allowed from its copy); B raised the amount over the
+    // limit: A's submit must be denied, not committed on the stale copy.
+    create(a, "raised", json!({"amount": 5, "owner": "ana"})).await;
+    b.update(
+        &id("expense"),
+        &id("raised"),
+        Some(json!({"amount": 5000, "owner": "ana"})),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    match a.fire(fire("raised", "submit")).await {
+        Err(FireError::Denied { denials, .. }) => assert_eq!(denials[0].code, "amount-over-limit"),
+        other => panic!("expected a denial on the current data, got {other:?}"),
+    }
+
+    // B completed it: A gets "not found", not a write.
+    create(a, "gone", json!({"amount": 5, "owner": "ana"})).await;
+    b.complete(&id("expense"), &id("gone"), None).await.unwrap();
+    assert!(matches!(
+        a.fire(fire("gone", "submit")).await,
+        Err(FireError::NotFound(_))
+    ));
+    let reader = e.env.store.reader();
+    assert_eq!(transitions_of(&reader, "raised", "submit").await, 0);
+    assert_eq!(transitions_of(&reader, "gone", "submit").await, 0);
+}
+
 /// Transition events of `token` for `transition`.
 async fn transitions_of(reader: &StoreReader, token: &str, transition: &str) -> usize {
     let h = reader

@@ -33,12 +33,33 @@ pub struct EngineConfig {
     /// Attempts of a firing that keeps losing compare-and-swap races (each
     /// re-reads the token and re-evaluates the guards).
     pub max_attempts: u32,
+    /// Tokens this engine last wrote, kept to skip the read of the next
+    /// firing of the same token (0 disables). The cache only ever speeds up
+    /// a firing that succeeds: the write is a compare-and-swap on the cached
+    /// revision, so a stale entry loses it and the firing re-reads; and a
+    /// refusal (not enabled, denied, a revision other than expected) is
+    /// never returned from a cached read without reading the token again.
+    pub token_cache: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_attempts: 3 }
+        EngineConfig {
+            max_attempts: 3,
+            token_cache: 10_000,
+        }
     }
+}
+
+/// Where a firing reads its token from, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    /// This engine's own last write of the token.
+    Cache,
+    /// A Direct Get, answered by any replica.
+    Replica,
+    /// The stream leader (`STREAM.MSG.GET`).
+    Leader,
 }
 
 /// A request to fire a transition.
@@ -119,6 +140,8 @@ struct Inner {
     plugins: RwLock<PluginRegistry>,
     /// Definition versions are immutable: cached forever.
     definitions: Mutex<HashMap<(Id, u64), Arc<StoredDefinition>>>,
+    /// See [`EngineConfig::token_cache`].
+    tokens: Mutex<HashMap<(Id, Id), Token>>,
     config: EngineConfig,
 }
 
@@ -148,6 +171,7 @@ impl Engine {
                 store,
                 plugins: RwLock::new(plugins),
                 definitions: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(HashMap::new()),
                 config,
             }),
         }
@@ -193,6 +217,7 @@ impl Engine {
     pub async fn create_token(&self, workflow: &Id, new: NewToken) -> Result<Committed, StoreError> {
         let def = self.inner.reader.get_definition(workflow).await?;
         let committed = self.inner.writer.create_token(&def, new).await?;
+        self.remember(&committed.token);
         tracing::info!(workflow = %workflow, token = %committed.token.id, place = %committed.token.place, "token created");
         Ok(committed)
     }
@@ -277,33 +302,31 @@ impl Engine {
         } else {
             self.inner.config.max_attempts.max(1)
         };
-        let reader = &self.inner.reader;
-        // On a replicated stream a Direct Get may come from a replica that
-        // lags. A refusal must not rest on such a read: a missing token, an
-        // older revision than expected, a place the transition does not
-        // start from, or a lost CAS are confirmed with (or retried from) the
-        // stream leader.
-        let lag = reader.may_lag();
-        let mut from_leader = false;
+        // Where the token is read from. This engine's own last write of it
+        // first (no read at all); a Direct Get, which on a replicated stream
+        // may come from a replica that lags; the stream leader. A refusal
+        // must not rest on a read that may be stale: a revision older than
+        // expected, a place the transition does not start from, or a denial
+        // read from the cache or a lagging replica is checked again one
+        // level up before it is returned, and a lost CAS re-reads from the
+        // most authoritative source.
+        let lag = self.inner.reader.may_lag();
+        let authoritative = |from: ReadFrom| from == ReadFrom::Leader || (from == ReadFrom::Replica && !lag);
+        let up = |from: ReadFrom| match from {
+            ReadFrom::Cache => ReadFrom::Replica,
+            _ => ReadFrom::Leader,
+        };
+        let fresh = if lag { ReadFrom::Leader } else { ReadFrom::Replica };
+        let mut from = ReadFrom::Cache;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = if from_leader {
-                reader.get_token_from_leader(&req.workflow, &req.token).await?
-            } else {
-                match reader.get_token(&req.workflow, &req.token).await {
-                    Err(StoreError::NotFound(_)) if lag => {
-                        from_leader = true;
-                        reader.get_token_from_leader(&req.workflow, &req.token).await?
-                    }
-                    other => other?,
-                }
-            };
+            let token = self.read_token(req, &mut from).await?;
             if let Some(expected) = req.expected_revision
                 && token.revision != expected
             {
-                if token.revision < expected && lag && !from_leader {
-                    from_leader = true;
+                if token.revision < expected && !authoritative(from) {
+                    from = up(from);
                     attempt -= 1;
                     continue;
                 }
@@ -322,8 +345,8 @@ impl Engine {
                     version: def.version,
                 })?;
             if !transition.from.contains(&token.place) {
-                if lag && !from_leader {
-                    from_leader = true;
+                if !authoritative(from) {
+                    from = up(from);
                     attempt -= 1;
                     continue;
                 }
@@ -339,6 +362,11 @@ impl Engine {
                 .evaluate_guards(transition, &token, &req.input, &req.actor, fired_at)
                 .await?;
             if !denials.is_empty() {
+                if !authoritative(from) {
+                    from = up(from);
+                    attempt -= 1;
+                    continue;
+                }
                 return Err(FireError::Denied {
                     transition: req.transition.clone(),
                     denials,
@@ -352,7 +380,12 @@ impl Engine {
                 data: None,
                 msg_id: req.idempotency_key.clone(),
             };
-            match self.inner.writer.move_token(&def.definition, &token, mv).await {
+            let result = self.inner.writer.move_token(&def.definition, &token, mv).await;
+            match &result {
+                Ok(c) => self.remember(&c.token),
+                Err(_) => self.forget(&req.workflow, &req.token),
+            }
+            match result {
                 Ok(c) => {
                     return Ok(Fired {
                         token: c.token,
@@ -364,7 +397,7 @@ impl Engine {
                 }
                 Err(StoreError::Conflict { .. }) if attempt < max => {
                     tracing::debug!(token = %req.token, attempt, "lost a race; re-reading");
-                    from_leader = lag;
+                    from = fresh;
                 }
                 Err(StoreError::Conflict { .. }) => {
                     return Err(FireError::Conflict {
@@ -406,6 +439,7 @@ impl Engine {
     /// Completes a token (CAS on the revision read now).
     pub async fn complete(&self, workflow: &Id, token: &Id, actor: Option<String>) -> Result<u64, FireError> {
         let t = self.inner.reader.get_token(workflow, token).await?;
+        self.forget(workflow, token);
         Ok(self.inner.writer.complete_token(&t, actor).await?)
     }
 
@@ -419,12 +453,63 @@ impl Engine {
         actor: Option<String>,
     ) -> Result<Token, FireError> {
         let t = self.inner.reader.get_token(workflow, token).await?;
-        Ok(self
+        self.forget(workflow, token);
+        let updated = self
             .inner
             .writer
             .update_token(&t, data, metadata, actor)
             .await?
-            .token)
+            .token;
+        self.remember(&updated);
+        Ok(updated)
+    }
+
+    fn cached(&self, workflow: &Id, token: &Id) -> Option<Token> {
+        if self.inner.config.token_cache == 0 {
+            return None;
+        }
+        let key = (workflow.clone(), token.clone());
+        self.inner.tokens.lock().expect("lock").get(&key).cloned()
+    }
+
+    fn remember(&self, token: &Token) {
+        let cap = self.inner.config.token_cache;
+        if cap == 0 {
+            return;
+        }
+        let mut tokens = self.inner.tokens.lock().expect("lock");
+        if tokens.len() >= cap {
+            // Crude but bounded: start over rather than track recency.
+            tokens.clear();
+        }
+        tokens.insert((token.workflow_id.clone(), token.id.clone()), token.clone());
+    }
+
+    fn forget(&self, workflow: &Id, token: &Id) {
+        if self.inner.config.token_cache > 0 {
+            let key = (workflow.clone(), token.clone());
+            self.inner.tokens.lock().expect("lock").remove(&key);
+        }
+    }
+
+    /// Reads the token from `from`, falling through to a Direct Get on a
+    /// cache miss, and to the leader when a lagging replica says it is not
+    /// there.
+    async fn read_token(&self, req: &FireRequest, from: &mut ReadFrom) -> Result<Token, FireError> {
+        let reader = &self.inner.reader;
+        if *from == ReadFrom::Cache {
+            if let Some(t) = self.cached(&req.workflow, &req.token) {
+                return Ok(t);
+            }
+            *from = ReadFrom::Replica;
+        }
+        if *from == ReadFrom::Replica {
+            match reader.get_token(&req.workflow, &req.token).await {
+                Err(StoreError::NotFound(_)) if reader.may_lag() => *from = ReadFrom::Leader,
+                other => return Ok(other?),
+            }
+        }
+        Ok(reader.get_token_from_leader(&req.workflow, &req.token).await?)
     }
 
     pub(crate) fn writer(&self) -> &StoreWriter {
