@@ -395,6 +395,12 @@ impl Engine {
                         attempts: attempt,
                     });
                 }
+                // A remembered copy that went stale is not a lost race: it
+                // does not use up an attempt.
+                Err(StoreError::Conflict { .. }) if from == ReadFrom::Cache => {
+                    attempt -= 1;
+                    from = fresh;
+                }
                 Err(StoreError::Conflict { .. }) if attempt < max => {
                     tracing::debug!(token = %req.token, attempt, "lost a race; re-reading");
                     from = fresh;
