@@ -151,17 +151,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-type Scenario = for<'a> fn(
-    &'a Engine,
-    &'a mut Timings,
-    usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>>;
+/// A scenario's run: a note for its result line, or why it failed.
+type Run<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>>;
+type Scenario = for<'a> fn(&'a Engine, &'a mut Timings, usize) -> Run<'a>;
 
-fn basic<'a>(
-    e: &'a Engine,
-    t: &'a mut Timings,
-    _: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>> {
+fn basic<'a>(e: &'a Engine, t: &'a mut Timings, _: usize) -> Run<'a> {
     Box::pin(async move {
         let def = WorkflowDefinition::parse(WORKFLOW.as_bytes())?;
         let w = e.store().writer();
@@ -209,11 +203,7 @@ fn basic<'a>(
     })
 }
 
-fn stress<'a>(
-    e: &'a Engine,
-    t: &'a mut Timings,
-    n: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>> {
+fn stress<'a>(e: &'a Engine, t: &'a mut Timings, n: usize) -> Run<'a> {
     Box::pin(async move {
         let wf = id("timing");
         let r = e.store().reader();
@@ -247,11 +237,7 @@ fn stress<'a>(
     })
 }
 
-fn events<'a>(
-    e: &'a Engine,
-    t: &'a mut Timings,
-    _: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>> {
+fn events<'a>(e: &'a Engine, t: &'a mut Timings, _: usize) -> Run<'a> {
     Box::pin(async move {
         let wf = id("timing");
         let r = e.store().reader();
@@ -307,11 +293,7 @@ fn events<'a>(
     })
 }
 
-fn places<'a>(
-    e: &'a Engine,
-    t: &'a mut Timings,
-    _: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>> {
+fn places<'a>(e: &'a Engine, t: &'a mut Timings, _: usize) -> Run<'a> {
     Box::pin(async move {
         // A workflow of its own: the places hold exactly these tokens.
         let def = WorkflowDefinition::parse(WORKFLOW.replace("\"timing\"", "\"places\"").as_bytes())?;
@@ -351,11 +333,7 @@ fn places<'a>(
     })
 }
 
-fn transitions<'a>(
-    e: &'a Engine,
-    t: &'a mut Timings,
-    _: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>> {
+fn transitions<'a>(e: &'a Engine, t: &'a mut Timings, _: usize) -> Run<'a> {
     Box::pin(async move {
         let wf = id("timing");
         let r = e.store().reader();

@@ -320,24 +320,9 @@ async fn transitions_of(reader: &StoreReader, token: &str, transition: &str) -> 
         .count()
 }
 
-/// Waits (bounded) until the action consumer has nothing pending or
-/// unacknowledged: every event's actions have completed.
+/// Waits (bounded) until every action event was processed and acked.
 async fn wait_actions_done(client: &async_nats::Client) {
-    let js = jetstream::new(client.clone());
-    let stream = js.get_stream("CB_TEST").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c: jetstream::consumer::PullConsumer = stream.get_consumer("cb-actions").await.unwrap();
-        let info = c.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "actions still pending: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cb_test_support::wait_consumer_idle(client, "CB_TEST", "cb-actions", Duration::from_secs(30)).await;
 }
 
 /// `go` moves a -> b and its action asks for `bounce`, a self-loop on b

@@ -160,21 +160,7 @@ async fn progress(seen: &Arc<Mutex<Seen>>, more: usize) {
 
 /// Waits (bounded) until every action event was processed and acked.
 async fn actions_drained(client: &async_nats::Client) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = async {
-            let stream = jetstream::new(client.clone()).get_stream("CB_TEST").await.ok()?;
-            let mut c: jetstream::consumer::PullConsumer = stream.get_consumer("cb-actions").await.ok()?;
-            let info = c.info().await.ok()?;
-            Some(info.num_pending == 0 && info.num_ack_pending == 0)
-        }
-        .await;
-        if done == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "actions still pending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cb_test_support::wait_consumer_idle(client, "CB_TEST", "cb-actions", Duration::from_secs(120)).await;
 }
 
 /// Checks every invariant; returns the number of tokens checked.

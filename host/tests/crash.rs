@@ -124,25 +124,8 @@ async fn a_host_killed_mid_actions_leaves_nothing_lost_or_doubled() {
 
 /// Waits (bounded) until every action event was processed and acked.
 async fn actions_drained(client: &async_nats::Client) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = async {
-            let stream = async_nats::jetstream::new(client.clone())
-                .get_stream("CIRCUIT_BREAKER")
-                .await
-                .ok()?;
-            let mut c: async_nats::jetstream::consumer::PullConsumer =
-                stream.get_consumer("cb-actions").await.ok()?;
-            let info = c.info().await.ok()?;
-            Some(info.num_pending == 0 && info.num_ack_pending == 0)
-        }
+    cb_test_support::wait_consumer_idle(client, "CIRCUIT_BREAKER", "cb-actions", Duration::from_secs(120))
         .await;
-        if done == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "actions still pending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

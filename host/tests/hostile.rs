@@ -54,25 +54,48 @@ fn expect(failures: &mut Vec<String>, o: &Output, code: i32, says: &str, what: &
     }
 }
 
+/// A server, a `cb-host serve` on it with the example workflow, and one
+/// token `t1` in `draft`: what the hostile input is thrown at.
+struct Target {
+    _server: NatsServer,
+    _plugins: tempfile::TempDir,
+    url: String,
+    serve: support::Serve,
+}
+
+impl Target {
+    fn start() -> Target {
+        let server = NatsServer::start();
+        let url = server.url();
+        let plugins = plugin_dir();
+        let serve = serve_with(&url, plugins.path());
+        let data = r#"{"amount": 5, "owner": "ana"}"#;
+        let ok = cli(
+            &url,
+            &[
+                "token",
+                "create",
+                "expense-approval",
+                "--id",
+                "t1",
+                "--data",
+                data,
+            ],
+        );
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        Target {
+            _server: server,
+            _plugins: plugins,
+            url,
+            serve,
+        }
+    }
+}
+
 #[test]
 fn hostile_cli_input_gets_typed_errors_and_leaves_the_stream_unchanged() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let plugins = plugin_dir();
-    let mut serve = serve_with(&url, plugins.path());
-    let ok = cli(
-        &url,
-        &[
-            "token",
-            "create",
-            "expense-approval",
-            "--id",
-            "t1",
-            "--data",
-            r#"{"amount": 5, "owner": "ana"}"#,
-        ],
-    );
-    assert!(ok.status.success(), "{}", stderr(&ok));
+    let target = Target::start();
+    let (url, mut serve) = (target.url.clone(), target.serve);
     let before = stream_state(&url);
     let mut tried = 0;
     let mut failures = Vec::new();
@@ -284,23 +307,8 @@ fn hostile_cli_input_gets_typed_errors_and_leaves_the_stream_unchanged() {
 
 #[test]
 fn hostile_api_requests_get_typed_errors_and_leave_the_stream_unchanged() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let plugins = plugin_dir();
-    let mut serve = serve_with(&url, plugins.path());
-    let ok = cli(
-        &url,
-        &[
-            "token",
-            "create",
-            "expense-approval",
-            "--id",
-            "t1",
-            "--data",
-            r#"{"amount": 5, "owner": "ana"}"#,
-        ],
-    );
-    assert!(ok.status.success(), "{}", stderr(&ok));
+    let target = Target::start();
+    let (url, mut serve) = (target.url.clone(), target.serve);
     let before = stream_state(&url);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

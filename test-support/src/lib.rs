@@ -308,6 +308,35 @@ impl Cluster {
     }
 }
 
+/// Waits (up to `limit`) until the durable `consumer` on `stream` has
+/// nothing pending and nothing unacknowledged: every event it delivers was
+/// processed. Panics with the consumer's state when the time is up. Errors
+/// while asking (a node restarting) count as "not yet".
+pub async fn wait_consumer_idle(client: &async_nats::Client, stream: &str, consumer: &str, limit: Duration) {
+    use async_nats::jetstream;
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("never answered");
+    loop {
+        let state = async {
+            let stream = jetstream::new(client.clone()).get_stream(stream).await.ok()?;
+            let mut c: jetstream::consumer::PullConsumer = stream.get_consumer(consumer).await.ok()?;
+            let info = c.info().await.ok()?;
+            Some((info.num_pending, info.num_ack_pending))
+        }
+        .await;
+        match state {
+            Some((0, 0)) => return,
+            Some((pending, unacked)) => last = format!("{pending} pending, {unacked} unacknowledged"),
+            None => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer {consumer} not idle after {limit:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
