@@ -215,10 +215,7 @@ async fn main() -> anyhow::Result<()> {
             lat
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
+    let lat = common::join_latencies(tasks).await?;
     b.record(
         "fire with one guard, 64 in flight",
         Ours,

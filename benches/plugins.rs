@@ -20,6 +20,14 @@ fn id(s: &str) -> Id {
     Id::new(s).unwrap()
 }
 
+/// A runtime like `config` whose compile cache is `dir`.
+fn runtime_caching_in(config: &RuntimeConfig, dir: &std::path::Path) -> anyhow::Result<PluginRuntime> {
+    Ok(PluginRuntime::new(RuntimeConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        ..config.clone()
+    })?)
+}
+
 fn token(i: u64) -> Token {
     let now = OffsetDateTime::now_utc();
     Token {
@@ -54,17 +62,11 @@ async fn main() -> anyhow::Result<()> {
     let (mut compile, mut cached) = (Vec::new(), Vec::new());
     for i in 0..if quick { 3 } else { 10 } {
         let dir = tempfile::tempdir()?;
-        let fresh = PluginRuntime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..config.clone()
-        })?;
+        let fresh = runtime_caching_in(&config, dir.path())?;
         let s = Instant::now();
         fresh.load("amount-limit", &bytes)?;
         compile.push(s.elapsed());
-        let again = PluginRuntime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..config.clone()
-        })?;
+        let again = runtime_caching_in(&config, dir.path())?;
         let s = Instant::now();
         let p = again.load("amount-limit", &bytes)?;
         cached.push(s.elapsed());
@@ -119,10 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lat = Vec::new();
     for i in 0..if quick { 3 } else { 10 } {
         let dir = tempfile::tempdir()?;
-        let fresh = PluginRuntime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..config.clone()
-        })?;
+        let fresh = runtime_caching_in(&config, dir.path())?;
         let inp = input(i);
         let s = Instant::now();
         let p = fresh.load("amount-limit", &bytes)?;

@@ -406,10 +406,7 @@ async fn bench_create(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
             lat
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
+    let lat = common::join_latencies(tasks).await?;
     b.record(
         "token create, 64 in flight",
         Ours,
@@ -443,10 +440,7 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
                 lat
             }));
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await?);
-        }
+        let lat = common::join_latencies(tasks).await?;
         b.record(&op, Ours, "move_token (group commit)", lat, t0.elapsed());
 
         // Raw: one atomic batch per move, the same three messages.

@@ -158,6 +158,43 @@ async fn progress(seen: &Arc<Mutex<Seen>>, more: usize) {
     }
 }
 
+/// Two hosts' clients running `load` until [`Load::finish`], which stops
+/// them, waits for every action, and checks every invariant.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the clients of `h1` and `h2`; returns once they are firing.
+    async fn start(h1: &Host, h2: &Host) -> Load {
+        let (stop, seen) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Seen::default())),
+        );
+        let clients = [("h1", h1), ("h2", h2)]
+            .into_iter()
+            .map(|(name, h)| tokio::spawn(load(h.engine.clone(), name, stop.clone(), seen.clone())))
+            .collect();
+        progress(&seen, 30).await;
+        Load { stop, seen, clients }
+    }
+
+    /// Stops the clients, waits until every action ran, checks; returns
+    /// what the clients saw and the number of tokens checked.
+    async fn finish(self, admin: &async_nats::Client, store: &Store) -> (Seen, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        actions_drained(admin).await;
+        let seen = std::mem::take(&mut *self.seen.lock().await);
+        let checked = check(store, &seen).await;
+        (seen, checked)
+    }
+}
+
 /// Waits (bounded) until every action event was processed and acked.
 async fn actions_drained(client: &async_nats::Client) {
     cb_test_support::wait_consumer_idle(client, "CB_TEST", "cb-actions", Duration::from_secs(120)).await;
@@ -269,13 +306,7 @@ async fn a_three_node_cluster_loses_nothing_when_its_stream_leader_is_killed_thr
     let h2 = host(connect_all(&urls).await, config.clone()).await;
     wait_leader(&admin, None, true).await;
 
-    let (stop, seen) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Mutex::new(Seen::default())),
-    );
-    let clients = [("h1", &h1), ("h2", &h2)]
-        .map(|(name, h)| tokio::spawn(load(h.engine.clone(), name, stop.clone(), seen.clone())));
-    progress(&seen, 30).await;
+    let load = Load::start(&h1, &h2).await;
     let mut kills = 0;
     for round in 0..3 {
         let leader = stream_leader(&admin).await.expect("a leader");
@@ -283,19 +314,13 @@ async fn a_three_node_cluster_loses_nothing_when_its_stream_leader_is_killed_thr
         node.kill();
         kills += 1;
         let new = wait_leader(&admin, Some(&leader), false).await;
-        progress(&seen, 30).await;
+        progress(&load.seen, 30).await;
         cluster.node_named(&leader).unwrap().restart();
         wait_leader(&admin, None, true).await;
-        progress(&seen, 30).await;
+        progress(&load.seen, 30).await;
         eprintln!("round {round}: killed leader {leader}, new leader {new}, old node back and current");
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    actions_drained(&admin).await;
-    let seen = seen.lock().await;
-    let checked = check(h1.engine.store(), &seen).await;
+    let (seen, checked) = load.finish(&admin, h1.engine.store()).await;
     eprintln!(
         "cluster: {kills} leader kills survived; {checked} tokens checked; {} acknowledged firings, \
          {} read back from the leader; {} calls failed during faults; lost: 0",
@@ -317,27 +342,15 @@ async fn a_single_server_killed_and_restarted_three_times_loses_nothing() {
     apply(h1.engine.store(), WF).await;
     let h2 = host(connect(&url).await, config()).await;
 
-    let (stop, seen) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Mutex::new(Seen::default())),
-    );
-    let clients = [("h1", &h1), ("h2", &h2)]
-        .map(|(name, h)| tokio::spawn(load(h.engine.clone(), name, stop.clone(), seen.clone())));
-    progress(&seen, 30).await;
+    let load = Load::start(&h1, &h2).await;
     for _ in 0..3 {
         server.kill();
         server.restart();
         // The hosts reconnect on their own: no new clients, engines or
         // dispatchers.
-        progress(&seen, 30).await;
+        progress(&load.seen, 30).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    actions_drained(&admin).await;
-    let seen = seen.lock().await;
-    let checked = check(h1.engine.store(), &seen).await;
+    let (seen, checked) = load.finish(&admin, h1.engine.store()).await;
     eprintln!(
         "single server: 3 kill -9 + restarts survived; {checked} tokens checked; {} acknowledged firings; \
          {} calls failed during faults; lost: 0",

@@ -107,6 +107,17 @@ impl Bench {
     }
 }
 
+/// Every latency the concurrent `tasks` measured.
+pub async fn join_latencies(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    Ok(lat)
+}
+
 pub fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
