@@ -117,7 +117,13 @@ async fn main() -> anyhow::Result<()> {
     let client = async_nats::connect(server.url()).await?;
     let store = Store::open(
         client.clone(),
-        StoreConfig::development().with_stream("CB_BENCH_ENGINE"),
+        StoreConfig::development()
+            .with_stream("CB_BENCH_ENGINE")
+            .with_storage(if std::env::var_os("CB_BENCH_MEMORY").is_some() {
+                cb_host::store::StorageKind::Memory
+            } else {
+                cb_host::store::StorageKind::File
+            }),
     )
     .await?;
     let cache = tempfile::tempdir()?;

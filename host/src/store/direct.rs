@@ -172,33 +172,54 @@ pub(crate) async fn publish_batch(
 ) -> Result<Committed, BatchError> {
     let n = messages.len();
     debug_assert!(n > 0);
-    let mut commit = None;
-    for (i, m) in messages.into_iter().enumerate() {
-        let mut headers = m.headers;
-        headers.insert("Nats-Batch-Id", batch_id);
-        headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-        if i + 1 == n {
-            headers.insert("Nats-Batch-Commit", "1");
-            commit = Some((m.subject, headers, m.payload));
-        } else {
-            client
-                .publish_with_headers(m.subject, headers, m.payload)
-                .await
-                .map_err(|e| BatchError::Transport(e.to_string()))?;
-        }
+    let mut messages = messages.into_iter();
+    for seq in 1..n {
+        stage(client, batch_id, seq, messages.next().expect("n messages")).await?;
     }
-    let (subject, headers, payload) = commit.expect("n > 0");
-    let reply =
-        match tokio::time::timeout(timeout, client.request_with_headers(subject, headers, payload)).await {
-            Err(_) => return Err(BatchError::Timeout),
-            Ok(Err(e)) => {
-                return match e.kind() {
-                    async_nats::RequestErrorKind::TimedOut => Err(BatchError::Timeout),
-                    _ => Err(BatchError::Transport(e.to_string())),
-                };
-            }
-            Ok(Ok(r)) => r,
-        };
+    commit(client, batch_id, n, messages.next().expect("n > 0"), timeout).await
+}
+
+/// Sends message `seq` (1-based) of batch `batch_id` without committing it.
+/// Nothing comes back: a lost or refused message shows at the commit.
+pub(crate) async fn stage(
+    client: &Client,
+    batch_id: &str,
+    seq: usize,
+    m: OutMessage,
+) -> Result<(), BatchError> {
+    let mut headers = m.headers;
+    headers.insert("Nats-Batch-Id", batch_id);
+    headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+    client
+        .publish_with_headers(m.subject, headers, m.payload)
+        .await
+        .map_err(|e| BatchError::Transport(e.to_string()))
+}
+
+/// Sends the last message (`seq` = the batch's size) of batch `batch_id`
+/// with `Nats-Batch-Commit` and waits for the outcome of the whole batch.
+pub(crate) async fn commit(
+    client: &Client,
+    batch_id: &str,
+    seq: usize,
+    m: OutMessage,
+    timeout: Duration,
+) -> Result<Committed, BatchError> {
+    let mut headers = m.headers;
+    headers.insert("Nats-Batch-Id", batch_id);
+    headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+    headers.insert("Nats-Batch-Commit", "1");
+    let request = client.request_with_headers(m.subject, headers, m.payload);
+    let reply = match tokio::time::timeout(timeout, request).await {
+        Err(_) => return Err(BatchError::Timeout),
+        Ok(Err(e)) => {
+            return match e.kind() {
+                async_nats::RequestErrorKind::TimedOut => Err(BatchError::Timeout),
+                _ => Err(BatchError::Transport(e.to_string())),
+            };
+        }
+        Ok(Ok(r)) => r,
+    };
     if let Some(status) = reply.status
         && status.as_u16() == 503
     {
@@ -217,7 +238,7 @@ pub(crate) async fn publish_batch(
     }
     match (parsed.seq, parsed.count) {
         (Some(last_sequence), Some(count)) => Ok(Committed { last_sequence, count }),
-        (Some(last_sequence), None) if n == 1 => Ok(Committed {
+        (Some(last_sequence), None) if seq == 1 => Ok(Committed {
             last_sequence,
             count: 1,
         }),

@@ -18,6 +18,7 @@
 mod config;
 mod direct;
 mod error;
+mod group;
 mod memory;
 mod reader;
 mod source;

@@ -1,29 +1,23 @@
 //! The writing half of the store: definitions, token creates, moves,
 //! updates and completions, every token write a compare-and-swap inside an
-//! atomic batch, batches grouped by one committer task.
+//! atomic batch, batches grouped by the committer (see `group`).
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
 
-use super::direct::{self, BatchError, OutMessage};
+use super::direct::OutMessage;
+use super::group::Committer;
 use super::reader::{EventBody, KV_OPERATION, Shared, StoreReader, TokenBody};
 use super::subjects::EventStream;
 use super::{Missing, StoreError};
 use crate::model::{EventKind, Id, Metadata, StoredDefinition, Token, TokenState, WorkflowDefinition};
 
-/// Server limit on messages per atomic batch.
-const MAX_BATCH_MESSAGES: usize = 1000;
 /// Room left in `max_payload` for the batch headers added at send time.
 const BATCH_HEADER_ROOM: usize = 128;
-/// Queue depth in front of the committer; callers wait when it is full.
-const QUEUE_DEPTH: usize = 8192;
 
 /// A token to create.
 #[derive(Debug, Clone, Default)]
@@ -68,26 +62,14 @@ pub struct Committed {
     pub event_sequence: u64,
 }
 
-/// One write waiting for the committer: its messages and who to tell.
-struct WriteOp {
-    /// `{workflow}.{token}`: at most one write per token per batch (the
-    /// server rejects two rollups of one token with 10111).
-    key: String,
-    token: Id,
-    expected: u64,
-    messages: Vec<OutMessage>,
-    /// Receives the sequence of the op's first message.
-    done: oneshot::Sender<Result<u64, StoreError>>,
-}
-
 /// Creates, moves, updates and completes tokens; stores definitions.
 ///
-/// Cloning is cheap; all clones feed one committer task that coalesces the
+/// Cloning is cheap; all clones share one committer that coalesces the
 /// writes in flight into one atomic batch (group commit).
 #[derive(Clone)]
 pub struct StoreWriter {
     reader: StoreReader,
-    queue: mpsc::Sender<WriteOp>,
+    committer: Arc<Committer>,
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -100,9 +82,8 @@ impl std::fmt::Debug for StoreWriter {
 
 impl StoreWriter {
     pub(crate) fn start(reader: StoreReader) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(committer(reader.shared.clone(), rx));
-        StoreWriter { reader, queue: tx }
+        let committer = Arc::new(Committer::start(reader.shared.clone()));
+        StoreWriter { reader, committer }
     }
 
     /// The reader over the same stream.
@@ -383,7 +364,8 @@ impl StoreWriter {
         Ok(ack.sequence)
     }
 
-    /// Queues an op for the committer and waits for its outcome.
+    /// Commits a token write (with the others in flight) and returns the
+    /// stream sequence of its first message.
     async fn submit(
         &self,
         wf: &Id,
@@ -391,20 +373,9 @@ impl StoreWriter {
         expected: u64,
         messages: Vec<OutMessage>,
     ) -> Result<u64, StoreError> {
-        let (done, rx) = oneshot::channel();
-        let op = WriteOp {
-            key: format!("{wf}.{token}"),
-            token: token.clone(),
-            expected,
-            messages,
-            done,
-        };
-        self.queue
-            .send(op)
+        self.committer
+            .submit(format!("{wf}.{token}"), token.clone(), expected, messages)
             .await
-            .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?
     }
 
     fn cas_headers(&self, wf: &Id, token: &Id, expected: u64, h: &mut HeaderMap) {
@@ -531,185 +502,4 @@ impl StoreWriter {
 /// `Nats-TTL` value: whole seconds, at least the server's minimum of 1 s.
 fn ttl_value(ttl: std::time::Duration) -> String {
     format!("{}s", ttl.as_secs().max(1))
-}
-
-static BATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn batch_id() -> String {
-    // Unique per process and batch; the random part separates hosts.
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let host = HOST.get_or_init(|| Id::generate().as_str()[10..].to_string());
-    format!("cb-{host}-{}", BATCH_COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The group-commit loop: one batch in flight at a time; while it is in
-/// flight, new writes queue up and form the next group.
-async fn committer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteOp>) {
-    let max_writes = shared.config.max_group_writes.max(1);
-    let mut deferred: VecDeque<WriteOp> = VecDeque::new();
-    loop {
-        let first = match deferred.pop_front() {
-            Some(op) => op,
-            None => match rx.recv().await {
-                Some(op) => op,
-                None => return,
-            },
-        };
-        let mut keys = HashSet::new();
-        let mut msgs = first.messages.len();
-        keys.insert(first.key.clone());
-        let mut group = vec![first];
-        let mut next_deferred = VecDeque::new();
-        let mut yielded = false;
-        let mut take = |op: WriteOp, group: &mut Vec<WriteOp>, later: &mut VecDeque<WriteOp>| {
-            if group.len() < max_writes
-                && msgs + op.messages.len() <= MAX_BATCH_MESSAGES
-                && !keys.contains(&op.key)
-            {
-                msgs += op.messages.len();
-                keys.insert(op.key.clone());
-                group.push(op);
-            } else {
-                later.push_back(op);
-            }
-        };
-        while let Some(op) = deferred.pop_front() {
-            take(op, &mut group, &mut next_deferred);
-        }
-        // Gather what is queued. The callers of the previous batch were
-        // woken when it committed and are still preparing their next
-        // writes: yielding lets them enqueue, so the next group is as large
-        // as the one before instead of alternating small and large. Stop as
-        // soon as a yield brings nothing new (no timers, no added latency
-        // when there is no concurrency).
-        loop {
-            let before = group.len() + next_deferred.len();
-            while group.len() < max_writes {
-                match rx.try_recv() {
-                    Ok(op) => take(op, &mut group, &mut next_deferred),
-                    Err(_) => break,
-                }
-            }
-            let grew = group.len() + next_deferred.len() > before;
-            if group.len() >= max_writes || (yielded && !grew) {
-                break;
-            }
-            yielded = true;
-            tokio::task::yield_now().await;
-        }
-        deferred = next_deferred;
-        commit_group(&shared, group).await;
-    }
-}
-
-/// Commits a group; on a CAS conflict or a duplicate message id, splits it
-/// in halves until the failing write is alone (the server names neither
-/// which write failed), so the others still commit.
-async fn commit_group(shared: &Shared, group: Vec<WriteOp>) {
-    let mut work = vec![group];
-    while let Some(group) = work.pop() {
-        match send_with_retry(shared, &group).await {
-            Ok(committed) => {
-                let total: u64 = group.iter().map(|op| op.messages.len() as u64).sum();
-                if committed.count != total {
-                    let e = StoreError::unavailable(
-                        "commit",
-                        format!("server stored {} of {total} messages", committed.count),
-                    );
-                    for op in group {
-                        let _ = op.done.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-                let mut seq = committed.last_sequence + 1 - total;
-                for op in group {
-                    let n = op.messages.len() as u64;
-                    let _ = op.done.send(Ok(seq));
-                    seq += n;
-                }
-            }
-            Err(Failure::Duplicate) if group.len() == 1 => {
-                let op = group.into_iter().next().expect("one");
-                let _ = op.done.send(Err(StoreError::Duplicate { token: op.token }));
-            }
-            Err(Failure::Conflict(actual)) if group.len() == 1 => {
-                let op = group.into_iter().next().expect("one");
-                let _ = op.done.send(Err(StoreError::Conflict {
-                    token: op.token,
-                    expected: op.expected,
-                    actual,
-                }));
-            }
-            Err(Failure::Conflict(_) | Failure::Duplicate) => {
-                let mut first = group;
-                let second = first.split_off(first.len() / 2);
-                work.push(second);
-                work.push(first);
-            }
-            Err(Failure::Other(e)) => {
-                for op in group {
-                    let _ = op.done.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-enum Failure {
-    Conflict(Option<u64>),
-    /// A `Nats-Msg-Id` in the group was seen before (10201).
-    Duplicate,
-    Other(StoreError),
-}
-
-/// JetStream error codes meaning "nothing stored, try again": expected-seq
-/// check temporarily unavailable (10163), batch missing a sequence (10175)
-/// or incomplete (10176), too many batches in flight (10210).
-const TRANSIENT_CODES: [u64; 4] = [10163, 10175, 10176, 10210];
-
-async fn send_with_retry(shared: &Shared, group: &[WriteOp]) -> Result<direct::Committed, Failure> {
-    let policy = shared.config.retry;
-    let timeout = shared.config.request_timeout;
-    let messages: Vec<OutMessage> = group.iter().flat_map(|op| op.messages.iter().cloned()).collect();
-    let mut attempt = 1;
-    loop {
-        let result = direct::publish_batch(&shared.client, &batch_id(), messages.clone(), timeout).await;
-        let failure = match result {
-            Ok(c) => return Ok(c),
-            Err(BatchError::Api(e)) if e.err_code == 10071 => {
-                let actual = e
-                    .description
-                    .rsplit(':')
-                    .next()
-                    .and_then(|n| n.trim().parse().ok());
-                return Err(Failure::Conflict(actual));
-            }
-            Err(BatchError::Api(e)) if e.err_code == 10164 => return Err(Failure::Conflict(None)),
-            Err(BatchError::Api(e)) if e.err_code == 10201 => return Err(Failure::Duplicate),
-            Err(BatchError::Api(e)) if TRANSIENT_CODES.contains(&e.err_code) || e.code == 503 => {
-                StoreError::unavailable("commit", format!("{} ({})", e.description, e.err_code))
-            }
-            Err(BatchError::Api(e)) => {
-                return Err(Failure::Other(StoreError::Server {
-                    operation: "commit".into(),
-                    code: e.code,
-                    err_code: e.err_code,
-                    description: e.description,
-                }));
-            }
-            Err(BatchError::Timeout) => {
-                return Err(Failure::Other(StoreError::Timeout {
-                    operation: "commit".into(),
-                    timeout_ms: timeout.as_millis() as u64,
-                }));
-            }
-            Err(BatchError::Transport(reason)) => StoreError::unavailable("commit", reason),
-        };
-        if attempt >= policy.attempts {
-            return Err(Failure::Other(failure));
-        }
-        tracing::debug!(error = %failure, attempt, "batch not stored; retrying");
-        tokio::time::sleep(policy.backoff(attempt)).await;
-        attempt += 1;
-    }
 }
