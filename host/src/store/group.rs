@@ -18,9 +18,11 @@
 //!   is as large as the last instead of alternating small and large. No
 //!   timers: no added latency without concurrency.
 //! - **Direct commits.** A caller that finds the committer idle (nothing
-//!   open, nothing committing, and its last batch a single write) commits
-//!   its own write from its own task: one writer at a time pays no hand-off
-//!   to the committer task and back (two task wake-ups, ~90 µs here).
+//!   open, nothing committing, and its last [`LONE_GROUPS`] batches single
+//!   writes) commits its own write from its own task: one writer at a time
+//!   pays no hand-off to the committer task and back (two task wake-ups,
+//!   ~90 µs here). Writers that arrive one by one under load (each after
+//!   its own guard call) do not qualify, so they still share batches.
 //!
 //! Correctness does not rest on any of this: every token write carries its
 //! compare-and-swap, checked by the server at commit against the stream as
@@ -46,6 +48,9 @@ use crate::model::Id;
 pub(super) const MAX_BATCH_MESSAGES: usize = 1000;
 /// Queue depth in front of the committer; callers wait when it is full.
 const QUEUE_DEPTH: usize = 8192;
+/// Consecutive single-write batches after which an idle committer lets a
+/// lone writer commit directly.
+const LONE_GROUPS: u32 = 8;
 
 /// One write: its messages and who to tell.
 pub(super) struct WriteOp {
@@ -208,7 +213,8 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
     // Writes that cannot join the open batch (full, or their token is in it).
     let mut deferred: VecDeque<WriteOp> = VecDeque::new();
     let mut inflight: Option<InFlight> = None;
-    let mut last_group = 1;
+    // Consecutive single-write batches (a lone writer), capped.
+    let mut lone = LONE_GROUPS;
     let mut closed = false;
     loop {
         while deferred.front().is_some_and(|op| open.accepts(op, max_writes)) {
@@ -219,7 +225,11 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
             gather(&shared, &mut rx, &mut open, &mut deferred, max_writes).await;
             let guard = pipe.inflight.clone().lock_owned().await;
             let batch = std::mem::replace(&mut open, Open::new());
-            last_group = batch.ops.len();
+            lone = if batch.ops.len() == 1 {
+                (lone + 1).min(LONE_GROUPS)
+            } else {
+                0
+            };
             match batch.held {
                 Some(last) if !batch.broken => {
                     let (client, id, seq) = (shared.client.clone(), batch.id, batch.sent + 1);
@@ -248,7 +258,7 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
             None if !deferred.is_empty() => continue,
             None => {
                 // Idle: the next single writer may commit on its own.
-                pipe.direct.store(last_group <= 1, Ordering::Release);
+                pipe.direct.store(lone >= LONE_GROUPS, Ordering::Release);
                 let op = rx.recv().await;
                 pipe.direct.store(false, Ordering::Release);
                 Event::Op(op)
