@@ -119,11 +119,7 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         StoreConfig::development()
             .with_stream("CB_BENCH_ENGINE")
-            .with_storage(if std::env::var_os("CB_BENCH_MEMORY").is_some() {
-                cb_host::store::StorageKind::Memory
-            } else {
-                cb_host::store::StorageKind::File
-            }),
+            .with_storage(common::storage_kind()),
     )
     .await?;
     let cache = tempfile::tempdir()?;

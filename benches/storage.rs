@@ -134,10 +134,10 @@ async fn main() -> anyhow::Result<()> {
         if b.quick { ", quick" } else { "" }
     );
     let client = async_nats::connect(&url).await?;
-    let mut config = StoreConfig::development().with_stream(STREAM).with_replicas(1);
-    if std::env::var_os("CB_BENCH_MEMORY").is_some() {
-        config = config.with_storage(cb_host::store::StorageKind::Memory);
-    }
+    let mut config = StoreConfig::development()
+        .with_stream(STREAM)
+        .with_replicas(1)
+        .with_storage(common::storage_kind());
     if std::env::var_os("CB_BENCH_NO_TTL").is_some() {
         config.tombstone_ttl = None;
     }
@@ -594,6 +594,22 @@ async fn original_list(c: &Ctx, filter: &str) -> anyhow::Result<usize> {
     Ok(seen.len())
 }
 
+/// Message `seqno` of raw batch `batch`: the tombstone of a raw move, on
+/// the token's old place, purging it, with the CAS on its current sequence.
+fn raw_tombstone(batch: &str, seqno: usize, tid: &str, place: &str, seq: u64) -> (String, HeaderMap) {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Batch-Id", batch);
+    h.insert("Nats-Batch-Sequence", seqno.to_string().as_str());
+    h.insert("KV-Operation", "PURGE");
+    h.insert("Nats-Rollup", "sub");
+    h.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
+    );
+    (format!("cb.workflows.raw.places.{place}.tokens.{tid}"), h)
+}
+
 /// Moves one token back and forth with one raw atomic batch per move:
 /// tombstone with CAS, new state, event.
 async fn raw_mover(
@@ -611,23 +627,8 @@ async fn raw_mover(
         let s = Instant::now();
         let batch = format!("raw-{tid}-{n}");
         n += 1;
-        let mut h1 = HeaderMap::new();
-        h1.insert("Nats-Batch-Id", batch.as_str());
-        h1.insert("Nats-Batch-Sequence", "1");
-        h1.insert("KV-Operation", "PURGE");
-        h1.insert("Nats-Rollup", "sub");
-        h1.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
-        h1.insert(
-            "Nats-Expected-Last-Subject-Sequence-Subject",
-            format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
-        );
-        client
-            .publish_with_headers(
-                format!("cb.workflows.raw.places.{place}.tokens.{tid}"),
-                h1,
-                Bytes::new(),
-            )
-            .await?;
+        let (subject, h1) = raw_tombstone(&batch, 1, &tid, &place, seq);
+        client.publish_with_headers(subject, h1, Bytes::new()).await?;
         let mut h2 = HeaderMap::new();
         h2.insert("Nats-Batch-Id", batch.as_str());
         h2.insert("Nats-Batch-Sequence", "2");
@@ -707,22 +708,18 @@ impl RawGroup {
                 let to = if *place == "ping" { "pong" } else { "ping" };
                 for k in 0..3 {
                     seqno += 1;
-                    let mut h = HeaderMap::new();
-                    h.insert("Nats-Batch-Id", batch.as_str());
-                    h.insert("Nats-Batch-Sequence", seqno.to_string().as_str());
-                    let subject = match k {
-                        0 => {
-                            h.insert("KV-Operation", "PURGE");
-                            h.insert("Nats-Rollup", "sub");
-                            h.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
-                            h.insert(
-                                "Nats-Expected-Last-Subject-Sequence-Subject",
-                                format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
-                            );
-                            format!("cb.workflows.raw.places.{place}.tokens.{tid}")
+                    let (subject, mut h) = match k {
+                        0 => raw_tombstone(&batch, seqno, tid, place, *seq),
+                        _ => {
+                            let mut h = HeaderMap::new();
+                            h.insert("Nats-Batch-Id", batch.as_str());
+                            h.insert("Nats-Batch-Sequence", seqno.to_string().as_str());
+                            let subject = match k {
+                                1 => format!("cb.workflows.raw.places.{to}.tokens.{tid}"),
+                                _ => format!("cb.workflows.raw.events.transitions.{tid}"),
+                            };
+                            (subject, h)
                         }
-                        1 => format!("cb.workflows.raw.places.{to}.tokens.{tid}"),
-                        _ => format!("cb.workflows.raw.events.transitions.{tid}"),
                     };
                     let payload: Bytes = if k == 0 { Bytes::new() } else { "{}".into() };
                     if seqno == total {

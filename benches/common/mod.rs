@@ -118,6 +118,16 @@ pub async fn join_latencies(
     Ok(lat)
 }
 
+/// The stream storage for the storage and engine benches: file, or memory
+/// with `CB_BENCH_MEMORY` set (the disk out of the way, to see CPU costs).
+pub fn storage_kind() -> cb_host::store::StorageKind {
+    if std::env::var_os("CB_BENCH_MEMORY").is_some() {
+        cb_host::store::StorageKind::Memory
+    } else {
+        cb_host::store::StorageKind::File
+    }
+}
+
 pub fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")

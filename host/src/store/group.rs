@@ -45,7 +45,7 @@ use super::reader::Shared;
 use crate::model::Id;
 
 /// Server limit on messages per atomic batch.
-pub(super) const MAX_BATCH_MESSAGES: usize = 1000;
+const MAX_BATCH_MESSAGES: usize = 1000;
 /// Queue depth in front of the committer; callers wait when it is full.
 const QUEUE_DEPTH: usize = 8192;
 /// Consecutive single-write batches after which an idle committer lets a
@@ -53,15 +53,15 @@ const QUEUE_DEPTH: usize = 8192;
 const LONE_GROUPS: u32 = 8;
 
 /// One write: its messages and who to tell.
-pub(super) struct WriteOp {
+struct WriteOp {
     /// `{workflow}.{token}`: at most one write per token per batch (the
     /// server rejects two rollups of one token with 10111).
-    pub(super) key: String,
-    pub(super) token: Id,
-    pub(super) expected: u64,
-    pub(super) messages: Vec<OutMessage>,
+    key: String,
+    token: Id,
+    expected: u64,
+    messages: Vec<OutMessage>,
     /// Receives the sequence of the op's first message.
-    pub(super) done: oneshot::Sender<Result<u64, StoreError>>,
+    done: oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// The callers' side of the committer.
@@ -320,11 +320,7 @@ async fn gather(
 /// streamed commit); on a CAS conflict or a duplicate message id, splits it
 /// in halves until the failing write is alone (the server names neither
 /// which write failed), so the others still commit.
-pub(super) async fn commit_group(
-    shared: &Shared,
-    group: Vec<WriteOp>,
-    first: Option<Result<Committed, BatchError>>,
-) {
+async fn commit_group(shared: &Shared, group: Vec<WriteOp>, first: Option<Result<Committed, BatchError>>) {
     let timeout = shared.config.request_timeout;
     let mut first = first.map(|r| r.map_err(|e| classify(e, timeout)));
     let mut work = vec![group];
