@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each bench uses a different part
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
