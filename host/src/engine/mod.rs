@@ -24,7 +24,7 @@ pub use dispatch::{Dispatcher, DispatcherConfig};
 pub use error::{Denial, FireError};
 
 use crate::model::{Id, Metadata, StoredDefinition, Token, Transition};
-use crate::plugin::{Decision, GuardInput, PluginError, PluginRegistry, World};
+use crate::plugin::{Decision, GuardArgs, PluginError, PluginRegistry, World};
 use crate::store::{Committed, Move, NewToken, Store, StoreError, StoreReader, StoreWriter, TokenSource};
 
 /// Engine settings.
@@ -141,7 +141,7 @@ struct Inner {
     /// Definition versions are immutable: cached forever.
     definitions: Mutex<HashMap<(Id, u64), Arc<StoredDefinition>>>,
     /// See [`EngineConfig::token_cache`].
-    tokens: Mutex<HashMap<(Id, Id), Token>>,
+    tokens: Mutex<HashMap<(Id, Id), Arc<Token>>>,
     config: EngineConfig,
 }
 
@@ -246,16 +246,16 @@ impl Engine {
                 .collect::<Result<Vec<_>, _>>()?
         };
         let calls = transition.guards.iter().zip(&plugins).map(|(g, plugin)| {
-            let input = GuardInput {
-                token: token.clone(),
-                transition: transition.clone(),
-                config: g.config.clone(),
-                input: input.clone(),
-                actor: actor.clone(),
+            let args = GuardArgs {
+                token,
+                transition,
+                config: &g.config,
+                input,
+                actor,
                 fired_at,
             };
             let source = self.inner.source.clone();
-            async move { plugin.evaluate(&input, source).await }
+            plugin.evaluate_with(args, source)
         });
         let mut denials = Vec::new();
         for (g, result) in transition.guards.iter().zip(join_all(calls).await) {
@@ -389,7 +389,7 @@ impl Engine {
                 Ok(c) => {
                     return Ok(Fired {
                         token: c.token,
-                        from: token.place,
+                        from: token.place.clone(),
                         transition: req.transition.clone(),
                         event_sequence: c.event_sequence,
                         attempts: attempt,
@@ -470,7 +470,7 @@ impl Engine {
         Ok(updated)
     }
 
-    fn cached(&self, workflow: &Id, token: &Id) -> Option<Token> {
+    fn cached(&self, workflow: &Id, token: &Id) -> Option<Arc<Token>> {
         if self.inner.config.token_cache == 0 {
             return None;
         }
@@ -488,7 +488,10 @@ impl Engine {
             // Crude but bounded: start over rather than track recency.
             tokens.clear();
         }
-        tokens.insert((token.workflow_id.clone(), token.id.clone()), token.clone());
+        tokens.insert(
+            (token.workflow_id.clone(), token.id.clone()),
+            Arc::new(token.clone()),
+        );
     }
 
     fn forget(&self, workflow: &Id, token: &Id) {
@@ -501,7 +504,7 @@ impl Engine {
     /// Reads the token from `from`, falling through to a Direct Get on a
     /// cache miss, and to the leader when a lagging replica says it is not
     /// there.
-    async fn read_token(&self, req: &FireRequest, from: &mut ReadFrom) -> Result<Token, FireError> {
+    async fn read_token(&self, req: &FireRequest, from: &mut ReadFrom) -> Result<Arc<Token>, FireError> {
         let reader = &self.inner.reader;
         if *from == ReadFrom::Cache {
             if let Some(t) = self.cached(&req.workflow, &req.token) {
@@ -512,10 +515,12 @@ impl Engine {
         if *from == ReadFrom::Replica {
             match reader.get_token(&req.workflow, &req.token).await {
                 Err(StoreError::NotFound(_)) if reader.may_lag() => *from = ReadFrom::Leader,
-                other => return Ok(other?),
+                other => return Ok(Arc::new(other?)),
             }
         }
-        Ok(reader.get_token_from_leader(&req.workflow, &req.token).await?)
+        Ok(Arc::new(
+            reader.get_token_from_leader(&req.workflow, &req.token).await?,
+        ))
     }
 
     pub(crate) fn writer(&self) -> &StoreWriter {

@@ -19,6 +19,7 @@ mod state;
 pub use error::PluginError;
 pub use limits::{PluginLimits, RuntimeConfig, default_cache_dir};
 pub use registry::{PluginInfo, PluginRegistry};
+pub(crate) use runtime::GuardArgs;
 pub use runtime::{
     ActionInput, Decision, GuardInput, Inspection, LoadSource, LogLevel, LogLine, Outcome, Plugin,
     PluginRuntime, TransitionRequest, World,

@@ -554,6 +554,17 @@ pub struct GuardInput {
     pub fired_at: OffsetDateTime,
 }
 
+/// A [`GuardInput`] borrowed from the caller.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuardArgs<'a> {
+    pub(crate) token: &'a crate::model::Token,
+    pub(crate) transition: &'a crate::model::Transition,
+    pub(crate) config: &'a serde_json::Value,
+    pub(crate) input: &'a serde_json::Value,
+    pub(crate) actor: &'a Option<String>,
+    pub(crate) fired_at: OffsetDateTime,
+}
+
 /// What an action runs with.
 #[derive(Debug, Clone)]
 pub struct ActionInput {
@@ -841,9 +852,27 @@ impl Plugin {
         input: &GuardInput,
         source: Arc<dyn TokenSource>,
     ) -> Result<Outcome<Decision>, PluginError> {
+        let args = GuardArgs {
+            token: &input.token,
+            transition: &input.transition,
+            config: &input.config,
+            input: &input.input,
+            actor: &input.actor,
+            fired_at: input.fired_at,
+        };
+        self.evaluate_with(args, source).await
+    }
+
+    /// [`Plugin::evaluate`] from borrowed parts: the engine's path, which
+    /// would otherwise copy the token and the transition for every guard.
+    pub(crate) async fn evaluate_with(
+        &self,
+        input: GuardArgs<'_>,
+        source: Arc<dyn TokenSource>,
+    ) -> Result<Outcome<Decision>, PluginError> {
         let ctx = bindings::types::GuardContext {
-            token: state::wit_token(&input.token),
-            transition: state::wit_transition(&input.transition),
+            token: state::wit_token(input.token),
+            transition: state::wit_transition(input.transition),
             config: input.config.to_string(),
             input: input.input.to_string(),
             actor: input.actor.clone(),
