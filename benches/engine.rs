@@ -8,15 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
-use bytes::Bytes;
 use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRequest};
 use cb_host::model::{Id, WorkflowDefinition};
 use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
 use cb_host::store::{NewToken, Store, StoreConfig};
 use common::Role::{Ours, Raw};
-use common::raw::RawGroup;
+use common::raw::{RawGroup, RawMover};
 use serde_json::json;
 
 /// Turns each of ours and the raw ceiling get at 64 in flight.
@@ -31,82 +29,6 @@ const WF: &str = r#"{ "id": "bench", "places": ["ping", "pong", "a", "b"], "init
     { "id": "hit", "from": ["ping"], "to": "pong", "guards": [ { "plugin": "amount-limit", "config": { "max": 100 } } ] },
     { "id": "back", "from": ["pong"], "to": "ping", "guards": [ { "plugin": "amount-limit", "config": { "max": 100 } } ] },
     { "id": "go", "from": ["ping"], "to": "a", "actions": [ { "plugin": "audit-log", "config": { "level": "debug" } } ] } ] }"#;
-
-/// One raw atomic batch per move, the same three messages a move writes
-/// (tombstone with rollup and CAS, state with rollup, event), one move per
-/// `step`. Its event goes to a lifecycle subject, which the action
-/// dispatcher does not consume.
-struct RawMover {
-    client: async_nats::Client,
-    seq: u64,
-    place: &'static str,
-    n: u64,
-}
-
-impl RawMover {
-    async fn new(client: &async_nats::Client) -> anyhow::Result<RawMover> {
-        let js = jetstream::new(client.clone());
-        let ack = js
-            .publish("cb.workflows.raw.places.ping.tokens.r1", "{}".into())
-            .await?
-            .await?;
-        Ok(RawMover {
-            client: client.clone(),
-            seq: ack.sequence,
-            place: "ping",
-            n: 0,
-        })
-    }
-
-    async fn step(&mut self) -> anyhow::Result<Duration> {
-        let to = if self.place == "ping" { "pong" } else { "ping" };
-        let s = Instant::now();
-        let batch = format!("raw-e-{}", self.n);
-        self.n += 1;
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Batch-Id", batch.as_str());
-        h.insert("Nats-Batch-Sequence", "1");
-        h.insert("KV-Operation", "PURGE");
-        h.insert("Nats-Rollup", "sub");
-        h.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            self.seq.to_string().as_str(),
-        );
-        h.insert(
-            "Nats-Expected-Last-Subject-Sequence-Subject",
-            "cb.workflows.raw.places.*.tokens.r1",
-        );
-        self.client
-            .publish_with_headers(
-                format!("cb.workflows.raw.places.{}.tokens.r1", self.place),
-                h,
-                Bytes::new(),
-            )
-            .await?;
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Batch-Id", batch.as_str());
-        h.insert("Nats-Batch-Sequence", "2");
-        h.insert("Nats-Rollup", "sub");
-        self.client
-            .publish_with_headers(format!("cb.workflows.raw.places.{to}.tokens.r1"), h, "{}".into())
-            .await?;
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Batch-Id", batch.as_str());
-        h.insert("Nats-Batch-Sequence", "3");
-        h.insert("Nats-Batch-Commit", "1");
-        let r = self
-            .client
-            .request_with_headers("cb.workflows.raw.events.lifecycle.r1", h, "{}".into())
-            .await?;
-        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
-        self.seq = v["seq"]
-            .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("batch failed: {v}"))?
-            - 1;
-        self.place = to;
-        Ok(s.elapsed())
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -146,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     b.section("fire: 1 in flight");
-    let mut raw_mover = RawMover::new(&client).await?;
+    let mut raw_mover = RawMover::new(&client, "r1").await?;
     engine
         .create_token(
             &id("bench"),

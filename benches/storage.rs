@@ -21,7 +21,7 @@ use bytes::Bytes;
 use cb_host::model::{Id, StoredDefinition, Token, WorkflowDefinition};
 use cb_host::store::{Move, NewToken, Store, StoreConfig, StoreWriter};
 use common::Role::{Original, Ours, Raw};
-use common::raw::{RawGroup, raw_tombstone};
+use common::raw::{RawGroup, RawMover};
 use futures::StreamExt;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -473,31 +473,19 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
         b.record(&op, Ours, "move_token (group commit)", ours, ours_t);
 
         // Raw: one atomic batch per move, the same three messages.
-        let mut toks = Vec::new();
+        let mut movers = Vec::new();
         for i in 0..n {
-            let tid = format!("raw{n}r{round}x{i}");
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Expected-Last-Subject-Sequence", "0");
-            h.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
-            );
-            let ack =
-                c.js.publish_with_headers(
-                    format!("cb.workflows.raw.places.ping.tokens.{tid}"),
-                    h,
-                    "{}".into(),
-                )
-                .await?
-                .await?;
-            toks.push((tid, "ping".to_string(), ack.sequence));
+            movers.push(RawMover::new(&c.client, &format!("raw{n}r{round}x{i}")).await?);
         }
         let t0 = Instant::now();
         let mut tasks = Vec::new();
-        for (tid, place, seq) in toks {
-            let client = c.client.clone();
+        for mut mover in movers {
             tasks.push(tokio::spawn(async move {
-                raw_mover(client, tid, place, seq, window).await
+                let mut lat = Vec::new();
+                while t0.elapsed() < window {
+                    lat.push(mover.step().await?);
+                }
+                anyhow::Ok(lat)
             }));
         }
         let mut lat = Vec::new();
@@ -593,58 +581,6 @@ async fn original_list(c: &Ctx, filter: &str) -> anyhow::Result<usize> {
     drop(messages);
     let _ = c.stream.delete_consumer(&name).await;
     Ok(seen.len())
-}
-
-/// Moves one token back and forth with one raw atomic batch per move:
-/// tombstone with CAS, new state, event.
-async fn raw_mover(
-    client: async_nats::Client,
-    tid: String,
-    mut place: String,
-    mut seq: u64,
-    window: Duration,
-) -> anyhow::Result<Vec<Duration>> {
-    let mut lat = Vec::new();
-    let t0 = Instant::now();
-    let mut n = 0u64;
-    while t0.elapsed() < window {
-        let to = if place == "ping" { "pong" } else { "ping" };
-        let s = Instant::now();
-        let batch = format!("raw-{tid}-{n}");
-        n += 1;
-        let (subject, h1) = raw_tombstone(&batch, 1, &tid, &place, seq);
-        client.publish_with_headers(subject, h1, Bytes::new()).await?;
-        let mut h2 = HeaderMap::new();
-        h2.insert("Nats-Batch-Id", batch.as_str());
-        h2.insert("Nats-Batch-Sequence", "2");
-        h2.insert("Nats-Rollup", "sub");
-        client
-            .publish_with_headers(
-                format!("cb.workflows.raw.places.{to}.tokens.{tid}"),
-                h2,
-                "{}".into(),
-            )
-            .await?;
-        let mut h3 = HeaderMap::new();
-        h3.insert("Nats-Batch-Id", batch.as_str());
-        h3.insert("Nats-Batch-Sequence", "3");
-        h3.insert("Nats-Batch-Commit", "1");
-        let reply = client
-            .request_with_headers(
-                format!("cb.workflows.raw.events.transitions.{tid}"),
-                h3,
-                "{}".into(),
-            )
-            .await?;
-        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-        let last = v["seq"]
-            .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("batch failed: {v}"))?;
-        seq = last - 1;
-        place = to.to_string();
-        lat.push(s.elapsed());
-    }
-    Ok(lat)
 }
 
 /// The raw form of a place listing: batched Direct Gets with

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 /// Message `seqno` of raw batch `batch`: the tombstone of a raw move, on
 /// the token's old place, purging it, with the CAS on its current sequence.
-pub fn raw_tombstone(batch: &str, seqno: usize, tid: &str, place: &str, seq: u64) -> (String, HeaderMap) {
+fn raw_tombstone(batch: &str, seqno: usize, tid: &str, place: &str, seq: u64) -> (String, HeaderMap) {
     let mut h = HeaderMap::new();
     h.insert("Nats-Batch-Id", batch);
     h.insert("Nats-Batch-Sequence", seqno.to_string().as_str());
@@ -21,6 +21,71 @@ pub fn raw_tombstone(batch: &str, seqno: usize, tid: &str, place: &str, seq: u64
         format!("cb.workflows.raw.places.*.tokens.{tid}").as_str(),
     );
     (format!("cb.workflows.raw.places.{place}.tokens.{tid}"), h)
+}
+
+/// One token moved back and forth with one raw atomic batch per move: the
+/// three messages a move writes (tombstone with rollup and CAS, state with
+/// rollup, event), one move per `step`. Its events go to lifecycle
+/// subjects, which the action dispatcher does not consume.
+pub struct RawMover {
+    client: async_nats::Client,
+    tid: String,
+    place: &'static str,
+    seq: u64,
+    n: u64,
+}
+
+impl RawMover {
+    /// Creates token `tid` in place `ping`.
+    pub async fn new(client: &async_nats::Client, tid: &str) -> anyhow::Result<RawMover> {
+        let ack = jetstream::new(client.clone())
+            .publish(format!("cb.workflows.raw.places.ping.tokens.{tid}"), "{}".into())
+            .await?
+            .await?;
+        Ok(RawMover {
+            client: client.clone(),
+            tid: tid.to_string(),
+            place: "ping",
+            seq: ack.sequence,
+            n: 0,
+        })
+    }
+
+    /// Moves the token once; returns the batch's latency.
+    pub async fn step(&mut self) -> anyhow::Result<Duration> {
+        let (tid, to) = (&self.tid, if self.place == "ping" { "pong" } else { "ping" });
+        let s = Instant::now();
+        let batch = format!("raw-{tid}-{}", self.n);
+        self.n += 1;
+        let (subject, h) = raw_tombstone(&batch, 1, tid, self.place, self.seq);
+        self.client.publish_with_headers(subject, h, Bytes::new()).await?;
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch.as_str());
+        h.insert("Nats-Batch-Sequence", "2");
+        h.insert("Nats-Rollup", "sub");
+        self.client
+            .publish_with_headers(
+                format!("cb.workflows.raw.places.{to}.tokens.{tid}"),
+                h,
+                "{}".into(),
+            )
+            .await?;
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch.as_str());
+        h.insert("Nats-Batch-Sequence", "3");
+        h.insert("Nats-Batch-Commit", "1");
+        let r = self
+            .client
+            .request_with_headers(format!("cb.workflows.raw.events.lifecycle.{tid}"), h, "{}".into())
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
+        self.seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("batch failed: {v}"))?
+            - 1;
+        self.place = to;
+        Ok(s.elapsed())
+    }
 }
 
 /// The raw limit of group commit: `c` tokens moved together in one atomic
