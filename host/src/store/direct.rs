@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use async_nats::header::{HeaderValue, NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
@@ -188,8 +189,8 @@ pub(crate) async fn stage(
     m: OutMessage,
 ) -> Result<(), BatchError> {
     let mut headers = m.headers;
-    headers.insert("Nats-Batch-Id", batch_id);
-    headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+    headers.insert(NATS_BATCH_ID, batch_id);
+    headers.insert(NATS_BATCH_SEQUENCE, HeaderValue::from(seq));
     client
         .publish_with_headers(m.subject, headers, m.payload)
         .await
@@ -206,9 +207,9 @@ pub(crate) async fn commit(
     timeout: Duration,
 ) -> Result<Committed, BatchError> {
     let mut headers = m.headers;
-    headers.insert("Nats-Batch-Id", batch_id);
-    headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
-    headers.insert("Nats-Batch-Commit", "1");
+    headers.insert(NATS_BATCH_ID, batch_id);
+    headers.insert(NATS_BATCH_SEQUENCE, HeaderValue::from(seq));
+    headers.insert(NATS_BATCH_COMMIT, "1");
     let request = client.request_with_headers(m.subject, headers, m.payload);
     let reply = match tokio::time::timeout(timeout, request).await {
         Err(_) => return Err(BatchError::Timeout),

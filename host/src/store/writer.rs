@@ -5,6 +5,10 @@
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
+use async_nats::header::{
+    HeaderName, HeaderValue, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID, NATS_MESSAGE_TTL,
+    NATS_ROLLUP,
+};
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -18,6 +22,11 @@ use crate::model::{EventKind, Id, Metadata, StoredDefinition, Token, TokenState,
 
 /// Room left in `max_payload` for the batch headers added at send time.
 const BATCH_HEADER_ROOM: usize = 128;
+
+// Header names as constants: `HeaderMap::insert` with a `&str` validates the
+// name, matches it against the standard names and copies it, per message.
+const KV_OPERATION_HEADER: HeaderName = HeaderName::from_static(KV_OPERATION);
+const CAS_SUBJECT: HeaderName = HeaderName::from_static("Nats-Expected-Last-Subject-Sequence-Subject");
 
 /// A token to create.
 #[derive(Debug, Clone, Default)]
@@ -110,8 +119,13 @@ impl StoreWriter {
         let subject = self.shared().subjects.definition(&def.id);
         let payload = Bytes::from(serde_json::to_vec(def).expect("definition serializes"));
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Subject-Sequence", latest.to_string().as_str());
-        self.check_size(&format!("definition `{}`", def.id), &subject, &headers, &payload)?;
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(latest));
+        self.check_size(
+            || format!("definition `{}`", def.id),
+            &subject,
+            &headers,
+            &payload,
+        )?;
         let js = async_nats::jetstream::new(self.shared().client.clone());
         let timeout = self.shared().config.request_timeout;
         let op = "put definition";
@@ -257,7 +271,7 @@ impl StoreWriter {
             },
         )?;
         if let Some(id) = &mv.msg_id {
-            event.headers.insert("Nats-Msg-Id", id.as_str());
+            event.headers.insert(NATS_MESSAGE_ID, id.as_str());
         }
         messages.push(event);
         let n = messages.len() as u64;
@@ -379,14 +393,8 @@ impl StoreWriter {
     }
 
     fn cas_headers(&self, wf: &Id, token: &Id, expected: u64, h: &mut HeaderMap) {
-        h.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.to_string().as_str(),
-        );
-        h.insert(
-            "Nats-Expected-Last-Subject-Sequence-Subject",
-            self.shared().subjects.token_any_place(wf, token).as_str(),
-        );
+        h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(expected));
+        h.insert(CAS_SUBJECT, self.shared().subjects.token_any_place(wf, token));
     }
 
     fn state_message(
@@ -406,13 +414,13 @@ impl StoreWriter {
             // readers skip and the next move out (or its TTL) removes.
             // Skipping it saves one purge per move, the server's largest
             // per-message cost.
-            headers.insert("Nats-Rollup", "sub");
+            headers.insert(NATS_ROLLUP, "sub");
         }
         if let Some(expected) = cas {
             self.cas_headers(wf, token, expected, &mut headers);
         }
         let payload = Bytes::from(serde_json::to_vec(body).expect("token serializes"));
-        self.check_size(&format!("token `{token}`"), subject, &headers, &payload)?;
+        self.check_size(|| format!("token `{token}`"), subject, &headers, &payload)?;
         Ok(OutMessage {
             subject: subject.into(),
             headers,
@@ -422,10 +430,10 @@ impl StoreWriter {
 
     fn tombstone(&self, subject: &str, wf: &Id, token: &Id, expected: u64) -> Result<OutMessage, StoreError> {
         let mut headers = HeaderMap::new();
-        headers.insert(KV_OPERATION, "PURGE");
-        headers.insert("Nats-Rollup", "sub");
+        headers.insert(KV_OPERATION_HEADER, "PURGE");
+        headers.insert(NATS_ROLLUP, "sub");
         if let Some(ttl) = self.shared().config.tombstone_ttl {
-            headers.insert("Nats-TTL", ttl_value(ttl).as_str());
+            headers.insert(NATS_MESSAGE_TTL, ttl_value(ttl));
         }
         self.cas_headers(wf, token, expected, &mut headers);
         Ok(OutMessage {
@@ -446,7 +454,7 @@ impl StoreWriter {
         let subject = self.shared().subjects.event(wf, stream, token);
         let mut headers = HeaderMap::new();
         if let Some(ttl) = self.shared().config.event_ttl {
-            headers.insert("Nats-TTL", ttl_value(ttl).as_str());
+            headers.insert(NATS_MESSAGE_TTL, ttl_value(ttl));
         }
         let body = EventBody {
             workflow_id: wf.clone(),
@@ -456,7 +464,7 @@ impl StoreWriter {
         };
         let payload = Bytes::from(serde_json::to_vec(&body).expect("event serializes"));
         self.check_size(
-            &format!("event for token `{token}`"),
+            || format!("event for token `{token}`"),
             &subject,
             &headers,
             &payload,
@@ -470,9 +478,10 @@ impl StoreWriter {
 
     /// Refuses a message the server would reject for size, before anything
     /// of its batch is sent.
+    /// `what` names the message in the error; built only when it is too big.
     fn check_size(
         &self,
-        what: &str,
+        what: impl FnOnce() -> String,
         subject: &str,
         headers: &HeaderMap,
         payload: &Bytes,
@@ -490,7 +499,7 @@ impl StoreWriter {
         let max = self.shared().max_payload;
         if size > max {
             return Err(StoreError::PayloadTooLarge {
-                what: what.into(),
+                what: what(),
                 size,
                 max,
             });
