@@ -82,8 +82,12 @@ async fn main() -> anyhow::Result<()> {
     // Interleaved, so both see the same disk and machine state.
     let (mut lat, mut raw) = (Vec::with_capacity(n1), Vec::with_capacity(n1));
     let (mut ours_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    let (mut ours_cpu, mut raw_cpu) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n1 {
+        let cpu0 = common::cpu_time();
         let e = raw_mover.step().await?;
+        let cpu1 = common::cpu_time();
+        raw_cpu += cpu1 - cpu0;
         raw.push(e);
         raw_t += e;
         let t = if i % 2 == 0 { "hit" } else { "back" };
@@ -92,23 +96,26 @@ async fn main() -> anyhow::Result<()> {
             .fire(FireRequest::new(id("bench"), id("f1"), id(t)))
             .await?;
         let e = s.elapsed();
+        ours_cpu += common::cpu_time() - cpu1;
         lat.push(e);
         ours_t += e;
     }
     let op = "fire with one guard, 1 in flight";
-    b.record(
+    b.record_cpu(
         op,
         Ours,
         "engine.fire: evaluate + CAS batch (token known from its last firing)",
         lat,
         ours_t,
+        ours_cpu,
     );
-    b.record(
+    b.record_cpu(
         op,
         Raw,
         "the same 3-message atomic batch (no read, no guard)",
         raw,
         raw_t,
+        raw_cpu,
     );
 
     b.section("fire: 64 in flight");
@@ -128,11 +135,12 @@ async fn main() -> anyhow::Result<()> {
     // batch, nothing else) take turns in slices, so both see the same disk.
     let slice = window / SLICES;
     let mut ceiling = RawGroup::new(&client, 64, 0).await?;
-    let (mut ours, mut ours_t) = (Vec::new(), Duration::ZERO);
-    let (mut raw, mut raw_t) = (Vec::new(), Duration::ZERO);
+    let (mut ours, mut ours_t, mut ours_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
+    let (mut raw, mut raw_t, mut raw_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
     // Firings so far per token: their parity says where it is.
     let mut fired = vec![0usize; 64];
     for _ in 0..SLICES {
+        let cpu0 = common::cpu_time();
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for (i, &done) in fired.iter().enumerate() {
@@ -159,18 +167,22 @@ async fn main() -> anyhow::Result<()> {
             fired[i] = k;
         }
         ours_t += t0.elapsed();
+        let cpu1 = common::cpu_time();
+        ours_cpu += cpu1 - cpu0;
         let (lat, elapsed) = ceiling.run(slice).await?;
+        raw_cpu += common::cpu_time() - cpu1;
         raw.extend(lat);
         raw_t += elapsed;
     }
     let op = "fire with one guard, 64 in flight";
-    b.record(op, Ours, "engine.fire (group commit)", ours, ours_t);
-    b.record(
+    b.record_cpu(op, Ours, "engine.fire (group commit)", ours, ours_t, ours_cpu);
+    b.record_cpu(
         op,
         Raw,
         "all 64 moves in one atomic batch (no read, no guard; ceiling, interleaved)",
         raw,
         raw_t,
+        raw_cpu,
     );
 
     b.section("actions: audit-log events drained by the dispatcher");

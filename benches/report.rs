@@ -27,9 +27,9 @@ fn main() -> anyhow::Result<()> {
     let mut md = String::new();
     writeln!(
         md,
-        "| operation | implementation | p50 µs | p99 µs | ops/s | p50 vs ours |"
+        "| operation | implementation | p50 µs | p99 µs | ops/s | p50 vs ours | client CPU µs/op |"
     )?;
-    writeln!(md, "|---|---|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|")?;
     // Operations in first-seen order; within one, ours first.
     let mut ops: Vec<&str> = Vec::new();
     for r in &rows {
@@ -55,9 +55,10 @@ fn main() -> anyhow::Result<()> {
                 (Role::Ours, _) | (_, None) => String::new(),
                 (_, Some(o)) => format!("{:.2}×", r.p50_us / o),
             };
+            let cpu = r.cpu_us.map(|c| format!("{c:.1}")).unwrap_or_default();
             writeln!(
                 md,
-                "| {} | {who} | {:.0} | {:.0} | {:.0} | {ratio} |",
+                "| {} | {who} | {:.0} | {:.0} | {:.0} | {ratio} | {cpu} |",
                 if i == 0 { op } else { "" },
                 r.p50_us,
                 r.p99_us,
@@ -74,7 +75,8 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         md,
         "\n\"p50 vs ours\" is the baseline's median over ours: above 1 means the baseline is slower. \
-         Machine: {machine}."
+         \"client CPU\" is the benchmark process's CPU time (all threads, nats-server excluded) per \
+         operation, where measured. Machine: {machine}."
     )?;
     println!("{md}");
     std::fs::write(dir.join("report.md"), &md)?;

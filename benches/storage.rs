@@ -441,9 +441,10 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
             None
         };
         let mut toks = create_tokens(&c.store, &c.def, &format!("m{n}r{round}x"), n).await;
-        let (mut ours, mut ours_t) = (Vec::new(), Duration::ZERO);
-        let (mut ceiling, mut ceiling_t) = (Vec::new(), Duration::ZERO);
+        let (mut ours, mut ours_t, mut ours_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
+        let (mut ceiling, mut ceiling_t, mut ceiling_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
         for _ in 0..slices {
+            let cpu0 = common::cpu_time();
             let t0 = Instant::now();
             let mut tasks = Vec::new();
             for mut t in toks.drain(..) {
@@ -464,19 +465,23 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
                 ours.extend(lat);
             }
             ours_t += t0.elapsed();
+            ours_cpu += common::cpu_time() - cpu0;
             if let Some(raw) = raw_group.as_mut() {
+                let cpu0 = common::cpu_time();
                 let (lat, elapsed) = raw.run(slice).await?;
+                ceiling_cpu += common::cpu_time() - cpu0;
                 ceiling.extend(lat);
                 ceiling_t += elapsed;
             }
         }
-        b.record(&op, Ours, "move_token (group commit)", ours, ours_t);
+        b.record_cpu(&op, Ours, "move_token (group commit)", ours, ours_t, ours_cpu);
 
         // Raw: one atomic batch per move, the same three messages.
         let mut movers = Vec::new();
         for i in 0..n {
             movers.push(RawMover::new(&c.client, &format!("raw{n}r{round}x{i}")).await?);
         }
+        let cpu0 = common::cpu_time();
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for mut mover in movers {
@@ -492,14 +497,17 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
         for t in tasks {
             lat.extend(t.await??);
         }
-        b.record(&op, Raw, "one atomic batch per move", lat, t0.elapsed());
+        let elapsed = t0.elapsed();
+        let cpu = common::cpu_time() - cpu0;
+        b.record_cpu(&op, Raw, "one atomic batch per move", lat, elapsed, cpu);
         if n > 1 {
-            b.record(
+            b.record_cpu(
                 &op,
                 Raw,
                 &format!("all {n} moves in one atomic batch (group-commit ceiling, interleaved)"),
                 ceiling,
                 ceiling_t,
+                ceiling_cpu,
             );
         }
     }

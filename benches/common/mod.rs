@@ -46,6 +46,11 @@ pub struct Row {
     pub p99_us: f64,
     /// Operations per second over the measured wall time.
     pub per_sec: f64,
+    /// CPU time of this process (the client: nats-server excluded) per
+    /// operation, in µs, where measured. On a machine whose disk sets the
+    /// throughput, this is the cost the code under test controls.
+    #[serde(default)]
+    pub cpu_us: Option<f64>,
 }
 
 /// Rows of one bench, with a progress line per section on stderr.
@@ -85,9 +90,31 @@ impl Bench {
     /// Records latencies measured over `elapsed` wall time (throughput is
     /// samples / elapsed, so concurrent samples count).
     pub fn record(&mut self, op: &str, role: Role, what: &str, lat: Vec<Duration>, elapsed: Duration) {
-        let r = summarize(self.name, op, role, what, lat, elapsed);
+        self.push(summarize(self.name, op, role, what, lat, elapsed));
+    }
+
+    /// [`Bench::record`], with the process CPU time `cpu` the samples took.
+    pub fn record_cpu(
+        &mut self,
+        op: &str,
+        role: Role,
+        what: &str,
+        lat: Vec<Duration>,
+        elapsed: Duration,
+        cpu: Duration,
+    ) {
+        let mut r = summarize(self.name, op, role, what, lat, elapsed);
+        r.cpu_us = Some(cpu.as_secs_f64() * 1e6 / r.ops as f64);
+        self.push(r);
+    }
+
+    fn push(&mut self, r: Row) {
+        let cpu = r
+            .cpu_us
+            .map(|c| format!("  cpu {c:>6.1} µs/op"))
+            .unwrap_or_default();
         eprintln!(
-            "    {:<8} {:<58} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s",
+            "    {:<8} {:<58} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0}/s{cpu}",
             format!("{:?}", r.role).to_lowercase(),
             r.what,
             r.p50_us,
@@ -111,6 +138,19 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// CPU time (user + system, all threads) this process has used so far.
+pub fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let tv =
+        |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Every latency the concurrent `tasks` measured.
@@ -163,5 +203,6 @@ pub fn summarize(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        cpu_us: None,
     }
 }
