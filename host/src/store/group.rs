@@ -59,7 +59,12 @@ struct WriteOp {
     key: String,
     token: Id,
     expected: u64,
+    /// Kept until the outcome: sent again if the batch is split or retried.
     messages: Vec<OutMessage>,
+    /// A copy made by the caller, for the committer to send as it is: the
+    /// copying is spread over the callers' tasks instead of adding to the
+    /// committer's, which is one task for the whole stream.
+    fresh: Vec<OutMessage>,
     /// Receives the sequence of the op's first message.
     done: oneshot::Sender<Result<u64, StoreError>>,
 }
@@ -101,11 +106,12 @@ impl Committer {
         messages: Vec<OutMessage>,
     ) -> Result<u64, StoreError> {
         let (done, rx) = oneshot::channel();
-        let op = WriteOp {
+        let mut op = WriteOp {
             key,
             token,
             expected,
             messages,
+            fresh: Vec::new(),
             done,
         };
         let direct = if self.pipe.direct.load(Ordering::Acquire) {
@@ -117,11 +123,13 @@ impl Committer {
             // Dropped with this future if the caller gives up: the committer
             // never waits on a commit nobody drives.
             Some(_inflight) => commit_group(&self.shared, vec![op], None).await,
-            None => self
-                .queue
-                .send(op)
-                .await
-                .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?,
+            None => {
+                op.fresh = op.messages.clone();
+                self.queue
+                    .send(op)
+                    .await
+                    .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?
+            }
         }
         rx.await
             .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?
@@ -174,9 +182,10 @@ impl Open {
 
     /// Sends `op`'s messages (but the last) into this batch. The op keeps
     /// its own copies, to be sent again if the batch has to be split.
-    async fn push(&mut self, shared: &Shared, op: WriteOp) {
-        let (last, rest) = op.messages.split_last().expect("a write has messages");
-        for m in self.held.take().into_iter().chain(rest.iter().cloned()) {
+    async fn push(&mut self, shared: &Shared, mut op: WriteOp) {
+        let mut fresh = std::mem::take(&mut op.fresh);
+        let last = fresh.pop().expect("a write has messages");
+        for m in self.held.take().into_iter().chain(fresh) {
             self.sent += 1;
             if !self.broken
                 && let Err(e) = direct::stage(&shared.client, &self.id, self.sent, m).await
@@ -185,8 +194,8 @@ impl Open {
                 self.broken = true;
             }
         }
-        self.held = Some(last.clone());
-        self.keys.insert(op.key.clone());
+        self.held = Some(last);
+        self.keys.insert(std::mem::take(&mut op.key));
         self.ops.push(op);
     }
 }
