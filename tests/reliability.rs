@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRequest};
-use cb_host::model::EventKind;
+use cb_host::model::{Event, EventKind, Id};
 use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
-use cb_host::store::{NewToken, Store, StoreConfig};
+use cb_host::store::{NewToken, Store, StoreConfig, StoreReader};
 use common::*;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -189,6 +189,7 @@ impl Load {
             c.await.unwrap();
         }
         actions_drained(admin).await;
+        replicas_caught_up(admin).await;
         let seen = std::mem::take(&mut *self.seen.lock().await);
         let checked = check(store, &seen).await;
         (seen, checked)
@@ -198,6 +199,51 @@ impl Load {
 /// Waits (bounded) until every action event was processed and acked.
 async fn actions_drained(client: &async_nats::Client) {
     cb_test_support::wait_consumer_idle(client, "CB_TEST", "cb-actions", Duration::from_secs(120)).await;
+}
+
+/// Waits (bounded) until every replica of a clustered stream is current
+/// and has no operations left to apply: `check` reads with Direct Get,
+/// which any replica may serve (a no-op on a single server).
+async fn replicas_caught_up(client: &async_nats::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = jetstream::new(client.clone())
+            .get_stream("CB_TEST")
+            .await
+            .unwrap();
+        let info = s.info().await.unwrap();
+        let Some(cluster) = info.cluster.as_ref().filter(|c| !c.replicas.is_empty()) else {
+            return;
+        };
+        if cluster.leader.is_some()
+            && cluster
+                .replicas
+                .iter()
+                .all(|r| r.current && r.lag.unwrap_or(0) == 0)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not catch up: {cluster:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A token's history once it has the event of `revision` (the state read
+/// from the leader). A replica that reported itself caught up may still be
+/// applying the last entries for a moment; a read that stays behind past
+/// the deadline is returned as it is, for the checks to report.
+async fn history_at(reader: &StoreReader, wf: &Id, t: &str, revision: u64) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = reader.history(wf, &id(t), None, 100).await.unwrap().items;
+        if events.last().and_then(|e| e.revision) == Some(revision) || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Checks every invariant; returns the number of tokens checked.
@@ -226,7 +272,7 @@ async fn check(store: &Store, seen: &Seen) -> usize {
     for (t, places) in &live {
         let token = reader.get_token_from_leader(&wf, &id(t)).await.unwrap();
         assert_eq!(token.place.as_str(), places[0], "{t}: get and list disagree");
-        let events = reader.history(&wf, &id(t), None, 100).await.unwrap().items;
+        let events = history_at(&reader, &wf, t, token.revision).await;
         let of = |name: &str| -> Vec<u64> {
             events
                 .iter()
