@@ -1,8 +1,8 @@
 //! The wasmtime engine, compile cache, and the call path.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -53,14 +53,98 @@ struct Shared {
     slots: Semaphore,
     /// Hex of `Engine::precompile_compatibility_hash`, part of cache keys.
     compat: String,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     pooling: bool,
     compiles: AtomicU64,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        self.ticker.stop();
+    }
+}
+
+/// Idle ticks after which the epoch ticker parks until the next call.
+const PARK_AFTER_TICKS: u32 = 200;
+
+/// The epoch ticker's state. Epochs only matter while guest code runs, so
+/// the ticker parks after [`PARK_AFTER_TICKS`] ticks without a call in
+/// progress (an idle host does not wake up every tick), and the first call
+/// wakes it. Under load it never parks, and a call costs one atomic add.
+struct Ticker {
+    stop: AtomicBool,
+    /// Calls in progress.
+    active: AtomicUsize,
+    /// Set while the ticker waits on `wake`.
+    parked: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Ticker {
+    fn new() -> Self {
+        Ticker {
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Runs on the `cb-epoch` thread until [`Ticker::stop`].
+    fn run(&self, engine: &Engine, tick: Duration) {
+        let mut idle = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.active.load(Ordering::SeqCst) > 0 {
+                idle = 0;
+            } else if idle < PARK_AFTER_TICKS {
+                idle += 1;
+            } else {
+                // `parked` is set before `active` is read again (SeqCst on
+                // both sides): a call either sees it and wakes the ticker
+                // under the lock, or is seen here and the ticker stays up.
+                let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.parked.store(true, Ordering::SeqCst);
+                let guard = self
+                    .wake
+                    .wait_while(guard, |_| {
+                        self.active.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst)
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                self.parked.store(false, Ordering::SeqCst);
+                drop(guard);
+                idle = 0;
+            }
+            std::thread::sleep(tick);
+            engine.increment_epoch();
+        }
+    }
+
+    /// Marks a call in progress until the guard drops, waking the ticker if
+    /// it parked.
+    fn enter(self: &Arc<Self>) -> Ticking {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
+        Ticking(self.clone())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_one();
+    }
+}
+
+/// A call in progress, for the ticker.
+struct Ticking(Arc<Ticker>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -180,17 +264,12 @@ impl PluginRuntime {
             engine.precompile_compatibility_hash().hash(&mut h);
             format!("{:016x}", h.finish())
         };
-        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker = Arc::new(Ticker::new());
         {
-            let (engine, stop, tick) = (engine.clone(), stop_ticker.clone(), config.epoch_tick);
+            let (engine, ticker, tick) = (engine.clone(), ticker.clone(), config.epoch_tick);
             std::thread::Builder::new()
                 .name("cb-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
+                .spawn(move || ticker.run(&engine, tick))
                 .map_err(|e| PluginError::Io {
                     plugin: "<runtime>".into(),
                     reason: e.to_string(),
@@ -203,7 +282,7 @@ impl PluginRuntime {
                 config,
                 linker,
                 compat,
-                stop_ticker,
+                ticker,
                 pooling,
                 compiles: AtomicU64::new(0),
             }),
@@ -817,6 +896,7 @@ impl Plugin {
             .acquire()
             .await
             .expect("semaphore is never closed");
+        let _ticking = self.runtime.shared.ticker.enter();
         let started = Instant::now();
         let mut store = self.new_store(source, fired_at, seed, world == World::Action);
         // Epoch interruption stops guest code; the timeout also bounds time
@@ -960,5 +1040,95 @@ impl Plugin {
             fuel_used: out.fuel_used,
             duration: out.duration,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Id, Token, Transition};
+    use crate::store::MemorySource;
+
+    fn guard_input(config: serde_json::Value) -> GuardInput {
+        let id = |s: &str| Id::new(s).unwrap();
+        let now = OffsetDateTime::now_utc();
+        GuardInput {
+            token: Token {
+                id: id("t1"),
+                workflow_id: id("wf"),
+                definition_version: 1,
+                place: id("a"),
+                data: serde_json::json!({}),
+                metadata: Default::default(),
+                created_at: now,
+                updated_at: now,
+                revision: 1,
+                subject: "cb.workflows.wf.places.a.tokens.t1".into(),
+            },
+            transition: Transition {
+                id: id("go"),
+                from: vec![id("a")],
+                to: id("b"),
+                guards: vec![],
+                actions: vec![],
+            },
+            config,
+            input: serde_json::Value::Null,
+            actor: None,
+            fired_at: now,
+        }
+    }
+
+    /// An idle ticker parks; the next call wakes it, so a guest that never
+    /// returns is still stopped at its deadline. Were the ticker left
+    /// parked, the loop would hold its worker; the outer timeout, driven by
+    /// the other worker, then stops it by hand and fails the test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_ticker_wakes_for_the_next_call_and_its_deadline_holds() {
+        let cache = tempfile::tempdir().unwrap();
+        let rt = PluginRuntime::new(RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            epoch_tick: Duration::from_millis(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let looping = rt
+            .load_file(Path::new(cb_test_plugins::MISBEHAVE))
+            .unwrap()
+            .with_limits(PluginLimits {
+                deadline: Duration::from_millis(50),
+                fuel: u64::MAX / 2,
+                ..Default::default()
+            });
+        let ticker = rt.shared.ticker.clone();
+        for round in 0..2 {
+            let parked_by = Instant::now() + Duration::from_secs(10);
+            while !ticker.parked.load(Ordering::SeqCst) {
+                assert!(
+                    Instant::now() < parked_by,
+                    "round {round}: the idle ticker never parked"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let source: Arc<dyn TokenSource> = Arc::new(MemorySource::new());
+            let input = guard_input(serde_json::json!({ "do": "loop" }));
+            let mut call = {
+                let looping = looping.clone();
+                tokio::spawn(async move { looping.evaluate(&input, source).await })
+            };
+            let e = match tokio::time::timeout(Duration::from_secs(10), &mut call).await {
+                Ok(done) => done.unwrap().unwrap_err(),
+                Err(_) => {
+                    // Stop the guest by hand so the runtime can shut down.
+                    for _ in 0..1000 {
+                        rt.shared.engine.increment_epoch();
+                    }
+                    let _ = call.await;
+                    panic!("round {round}: the deadline did not stop the loop: the ticker stayed parked");
+                }
+            };
+            assert!(matches!(e, PluginError::Timeout { limit_ms: 50, .. }), "{e}");
+            assert_eq!(ticker.active.load(Ordering::SeqCst), 0, "the call is over");
+        }
     }
 }
