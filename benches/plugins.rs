@@ -117,7 +117,8 @@ async fn main() -> anyhow::Result<()> {
         lt,
     );
     // The same call after the thread idled for about as long as a
-    // file-backed commit takes: what a firing at 1 in flight pays. Caches
+    // file-backed commit takes (tokio's timer rounds the sleep up to its
+    // next millisecond): what a firing at 1 in flight pays. Caches
     // and TLBs have gone cold by then (on a shared VM several times slower
     // than back to back); the gap between the two rows is the machine's,
     // not the runtime's.
@@ -134,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     b.record(
         "guard evaluate (amount-limit)",
         Ours,
-        "the same, each call after 2.5 ms idle (a commit's wait)",
+        "the same, each call after 2.5 ms or more idle (a commit's wait)",
         lat,
         lt,
     );
