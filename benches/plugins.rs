@@ -128,8 +128,9 @@ async fn main() -> anyhow::Result<()> {
         let inp = input(i);
         tokio::time::sleep(idle).await;
         let s = Instant::now();
-        guard.evaluate(&inp, empty.clone()).await?;
+        let out = guard.evaluate(&inp, empty.clone()).await?;
         lat.push(s.elapsed());
+        assert_eq!(out.value, Decision::Allow);
     }
     let lt = total(&lat);
     b.record(
