@@ -63,8 +63,9 @@ async fn main() -> anyhow::Result<()> {
         .put_definition(&WorkflowDefinition::parse(WF.as_bytes())?)
         .await?;
     eprintln!(
-        "engine benchmarks against {} (file storage, one server)",
-        server.url()
+        "engine benchmarks against {} ({} storage, one server)",
+        server.url(),
+        common::storage_name()
     );
 
     b.section("fire: 1 in flight");

@@ -1,7 +1,8 @@
 //! Merges the rows every benchmark saved under `target/bench/` into one
 //! report: a Markdown table (printed, and saved as `report.md`) where each
-//! operation is followed by its baselines from the same run, and
-//! `report.json`. Run by `make bench` after the benchmarks.
+//! operation is followed by its baselines from the same run, then the speed
+//! floors the issues set, each checked against this run, and `report.json`.
+//! Run by `make bench` after the benchmarks.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -66,6 +67,8 @@ fn main() -> anyhow::Result<()> {
             )?;
         }
     }
+    let floors = check_floors(&rows);
+    writeln!(md, "\n{}", floors_table(&floors))?;
     let machine = format!(
         "{} cores, {}, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -82,7 +85,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("report.md"), &md)?;
     std::fs::write(
         dir.join("report.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "machine": machine, "rows": rows }))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "machine": machine, "rows": rows, "floors": floors }),
+        )?,
     )?;
     eprintln!("saved {} and report.json", dir.join("report.md").display());
     Ok(())
@@ -92,4 +97,211 @@ fn nats_version() -> Option<String> {
     let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
     let out = std::process::Command::new(bin).arg("--version").output().ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A speed floor set by an issue, for a file-backed server on the 2-core
+/// machine the issues were written for.
+struct Floor {
+    issue: u32,
+    op: &'static str,
+    /// Which row of `op` is ours (a substring of its `what`).
+    ours: &'static str,
+    rule: Rule,
+}
+
+enum Rule {
+    /// Ours at least this many operations a second. `ceiling` names the
+    /// raw row (substring of its `what`) that shows what the server and
+    /// disk give a client doing nothing else, measured in turns with ours.
+    Throughput { min: f64, ceiling: &'static str },
+    /// Ours' p50 at most `factor` times the raw row's p50.
+    RatioOf { raw: &'static str, factor: f64 },
+    /// Ours' p50 at most the raw row's p50 plus `plus_us`.
+    PlusOf { raw: &'static str, plus_us: f64 },
+    /// Ours' p50 and p99 at most these.
+    Latency { p50_us: f64, p99_us: f64 },
+}
+
+const FLOORS: &[Floor] = &[
+    Floor {
+        issue: 2,
+        op: "token get, 1 prior transition",
+        ours: "reader.get_token",
+        rule: Rule::RatioOf {
+            raw: "Direct Get",
+            factor: 1.2,
+        },
+    },
+    Floor {
+        issue: 2,
+        op: "token get, 10000 prior transitions",
+        ours: "reader.get_token",
+        rule: Rule::RatioOf {
+            raw: "Direct Get",
+            factor: 1.2,
+        },
+    },
+    Floor {
+        issue: 2,
+        op: "token move, 64 in flight",
+        ours: "move_token",
+        rule: Rule::Throughput {
+            min: 10_000.0,
+            ceiling: "all 64 moves in one atomic batch",
+        },
+    },
+    Floor {
+        issue: 3,
+        op: "guard evaluate (amount-limit)",
+        ours: "fresh store + instance from InstancePre",
+        rule: Rule::Latency {
+            p50_us: 20.0,
+            p99_us: 40.0,
+        },
+    },
+    Floor {
+        issue: 4,
+        op: "fire with one guard, 1 in flight",
+        ours: "engine.fire",
+        rule: Rule::PlusOf {
+            raw: "the same 3-message atomic batch",
+            plus_us: 100.0,
+        },
+    },
+    Floor {
+        issue: 4,
+        op: "fire with one guard, 64 in flight",
+        ours: "engine.fire",
+        rule: Rule::Throughput {
+            min: 10_000.0,
+            ceiling: "all 64 moves in one atomic batch",
+        },
+    },
+];
+
+/// One floor checked against this run.
+#[derive(serde::Serialize)]
+struct Checked {
+    issue: u32,
+    op: &'static str,
+    floor: String,
+    measured: String,
+    baseline: String,
+    /// `met`, `not met`, `not met (raw too)` when the raw baseline itself
+    /// misses an absolute floor, or `not measured`.
+    verdict: &'static str,
+}
+
+fn find<'a>(rows: &'a [Row], op: &str, role: Role, what: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.op == op && r.role == role && r.what.contains(what))
+}
+
+fn check_floors(rows: &[Row]) -> Vec<Checked> {
+    FLOORS
+        .iter()
+        .map(|f| {
+            let ours = find(rows, f.op, Role::Ours, f.ours);
+            let raw_of = |what| find(rows, f.op, Role::Raw, what);
+            let (floor, measured, baseline, met, raw_under) = match (&f.rule, ours) {
+                (_, None) => {
+                    return Checked {
+                        issue: f.issue,
+                        op: f.op,
+                        floor: String::new(),
+                        measured: String::new(),
+                        baseline: String::new(),
+                        verdict: "not measured",
+                    };
+                }
+                (Rule::Throughput { min, ceiling }, Some(o)) => {
+                    let c = raw_of(ceiling);
+                    (
+                        format!(">= {min:.0}/s"),
+                        format!("{:.0}/s", o.per_sec),
+                        c.map_or(String::new(), |c| {
+                            format!(
+                                "raw ceiling {:.0}/s (ours {:.2}x)",
+                                c.per_sec,
+                                o.per_sec / c.per_sec
+                            )
+                        }),
+                        o.per_sec >= *min,
+                        c.is_some_and(|c| c.per_sec < *min),
+                    )
+                }
+                (Rule::RatioOf { raw, factor }, Some(o)) => {
+                    let r = raw_of(raw);
+                    (
+                        format!("p50 <= {factor}x raw"),
+                        format!("p50 {:.0} µs", o.p50_us),
+                        r.map_or(String::new(), |r| {
+                            format!("raw p50 {:.0} µs (ours {:.2}x)", r.p50_us, o.p50_us / r.p50_us)
+                        }),
+                        r.is_some_and(|r| o.p50_us <= factor * r.p50_us),
+                        false,
+                    )
+                }
+                (Rule::PlusOf { raw, plus_us }, Some(o)) => {
+                    let r = raw_of(raw);
+                    (
+                        format!("p50 <= raw + {plus_us:.0} µs"),
+                        format!("p50 {:.0} µs", o.p50_us),
+                        r.map_or(String::new(), |r| {
+                            format!("raw p50 {:.0} µs (ours +{:.0} µs)", r.p50_us, o.p50_us - r.p50_us)
+                        }),
+                        r.is_some_and(|r| o.p50_us <= r.p50_us + plus_us),
+                        false,
+                    )
+                }
+                (Rule::Latency { p50_us, p99_us }, Some(o)) => (
+                    format!("p50 <= {p50_us:.0} µs, p99 <= {p99_us:.0} µs"),
+                    format!("p50 {:.0} µs, p99 {:.0} µs", o.p50_us, o.p99_us),
+                    String::new(),
+                    o.p50_us <= *p50_us && o.p99_us <= *p99_us,
+                    false,
+                ),
+            };
+            Checked {
+                issue: f.issue,
+                op: f.op,
+                floor,
+                measured,
+                baseline,
+                verdict: match (met, raw_under) {
+                    (true, _) => "met",
+                    (false, true) => "not met (raw too)",
+                    (false, false) => "not met",
+                },
+            }
+        })
+        .collect()
+}
+
+fn floors_table(floors: &[Checked]) -> String {
+    let mut md = String::from(
+        "| issue | floor | operation | measured | same-run baseline | verdict |\n|---|---|---|---:|---|---|\n",
+    );
+    for c in floors {
+        let _ = writeln!(
+            md,
+            "| #{} | {} | {} | {} | {} | {} |",
+            c.issue, c.floor, c.op, c.measured, c.baseline, c.verdict
+        );
+    }
+    let met = floors.iter().filter(|c| c.verdict == "met").count();
+    let _ = write!(
+        md,
+        "\n{met} of {} floors met. The floors are set for one file-backed nats-server on a 2-core \
+         machine{}. \"not met (raw too)\": the raw baseline, a client doing nothing but this \
+         operation's messages and measured in turns with ours, is itself under the floor, so no \
+         client code can reach it on this machine as it was during the run.",
+        floors.len(),
+        if std::env::var_os("CB_BENCH_MEMORY").is_some() {
+            "; this run used a memory-backed stream (CB_BENCH_MEMORY), so it does not check them"
+        } else {
+            ""
+        }
+    );
+    md
 }

@@ -131,7 +131,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     eprintln!(
-        "storage benchmarks against {url} (file storage, one server){}",
+        "storage benchmarks against {url} ({} storage, one server){}",
+        common::storage_name(),
         if b.quick { ", quick" } else { "" }
     );
     let client = async_nats::connect(&url).await?;

@@ -174,6 +174,14 @@ pub fn storage_kind() -> cb_host::store::StorageKind {
     }
 }
 
+/// `file` or `memory`, for the benches' first line.
+pub fn storage_name() -> &'static str {
+    match storage_kind() {
+        cb_host::store::StorageKind::File => "file",
+        cb_host::store::StorageKind::Memory => "memory",
+    }
+}
+
 pub fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
