@@ -9,6 +9,7 @@
 //! - [`Dispatcher`]: runs actions from a durable, explicitly acked consumer
 //!   on the transition events (the one place where consuming is right).
 
+mod cache;
 mod dispatch;
 mod error;
 
@@ -22,6 +23,8 @@ use time::OffsetDateTime;
 
 pub use dispatch::{Dispatcher, DispatcherConfig};
 pub use error::{Denial, FireError};
+
+use cache::TokenCache;
 
 use crate::model::{Id, Metadata, StoredDefinition, Token, Transition};
 use crate::plugin::{Decision, GuardArgs, PluginError, PluginRegistry, World};
@@ -39,6 +42,8 @@ pub struct EngineConfig {
     /// revision, so a stale entry loses it and the firing re-reads; and a
     /// refusal (not enabled, denied, a revision other than expected) is
     /// never returned from a cached read without reading the token again.
+    /// Past this many, the tokens least recently fired are forgotten first
+    /// (roughly: in two generations of half the size each).
     pub token_cache: usize,
 }
 
@@ -141,7 +146,7 @@ struct Inner {
     /// Definition versions are immutable: cached forever.
     definitions: Mutex<HashMap<(Id, u64), Arc<StoredDefinition>>>,
     /// See [`EngineConfig::token_cache`].
-    tokens: Mutex<HashMap<(Id, Id), Arc<Token>>>,
+    tokens: Mutex<TokenCache>,
     config: EngineConfig,
 }
 
@@ -171,7 +176,7 @@ impl Engine {
                 store,
                 plugins: RwLock::new(plugins),
                 definitions: Mutex::new(HashMap::new()),
-                tokens: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(TokenCache::new(config.token_cache)),
                 config,
             }),
         }
@@ -475,23 +480,16 @@ impl Engine {
             return None;
         }
         let key = (workflow.clone(), token.clone());
-        self.inner.tokens.lock().expect("lock").get(&key).cloned()
+        self.inner.tokens.lock().expect("lock").get(&key)
     }
 
     fn remember(&self, token: &Token) {
-        let cap = self.inner.config.token_cache;
-        if cap == 0 {
+        if self.inner.config.token_cache == 0 {
             return;
         }
-        let mut tokens = self.inner.tokens.lock().expect("lock");
-        if tokens.len() >= cap {
-            // Crude but bounded: start over rather than track recency.
-            tokens.clear();
-        }
-        tokens.insert(
-            (token.workflow_id.clone(), token.id.clone()),
-            Arc::new(token.clone()),
-        );
+        let key = (token.workflow_id.clone(), token.id.clone());
+        let token = Arc::new(token.clone());
+        self.inner.tokens.lock().expect("lock").insert(key, token);
     }
 
     fn forget(&self, workflow: &Id, token: &Id) {
