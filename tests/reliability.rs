@@ -282,7 +282,12 @@ async fn check(store: &Store, seen: &Seen) -> usize {
         };
         let (go, stamp) = (of("go"), of("stamp"));
         assert!(go.len() <= 1, "{t}: go committed {} times", go.len());
-        assert_eq!(stamp.len(), go.len(), "{t}: go {go:?} but stamp {stamp:?}");
+        assert_eq!(
+            stamp.len(),
+            go.len(),
+            "{t}: go {go:?} but stamp {stamp:?}; its history: {:?}",
+            events.iter().map(|e| (e.sequence, &e.kind)).collect::<Vec<_>>()
+        );
         assert_eq!(
             token.place == "b",
             go.len() == 1,

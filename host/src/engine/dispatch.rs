@@ -339,7 +339,32 @@ async fn run_actions(engine: &Engine, event: &crate::model::Event, seq: u64, del
                 expected_revision: if same { own_token_expected.take() } else { None },
                 idempotency_key: Some(format!("cb-action-{seq}-{ai}-{ri}")),
             };
-            match engine.fire(req.clone()).await {
+            let result = engine.fire(req.clone()).await;
+            // Refused on the revision this event left the token at: the
+            // token moved on (an earlier delivery's follow-up, another
+            // firing), or the read behind the refusal lagged the event
+            // itself, as a stream leader elected a moment ago may. Only the
+            // first settles the event; the second is retried.
+            if let (Err(FireError::Conflict { .. } | FireError::NotEnabled { .. }), Some(expected)) =
+                (&result, req.expected_revision)
+            {
+                match engine
+                    .store()
+                    .reader()
+                    .get_token_from_leader(&req.workflow, &req.token)
+                    .await
+                {
+                    Ok(t) if t.revision < expected => {
+                        return Outcome::Retry(format!(
+                            "token {} read at revision {}, behind its event {seq}",
+                            req.token, t.revision
+                        ));
+                    }
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Outcome::Retry(e.to_string()),
+                }
+            }
+            match result {
                 Ok(_) => {}
                 // Already applied by an earlier delivery, or the token moved
                 // on since the action ran: nothing more to do.
