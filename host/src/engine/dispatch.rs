@@ -340,14 +340,14 @@ async fn run_actions(engine: &Engine, event: &crate::model::Event, seq: u64, del
                 idempotency_key: Some(format!("cb-action-{seq}-{ai}-{ri}")),
             };
             let result = engine.fire(req.clone()).await;
-            // Refused on the revision this event left the token at: the
+            // A conflict on the revision this event left the token at: the
             // token moved on (an earlier delivery's follow-up, another
-            // firing), or the read behind the refusal lagged the event
-            // itself, as a stream leader elected a moment ago may. Only the
-            // first settles the event; the second is retried.
-            if let (Err(FireError::Conflict { .. } | FireError::NotEnabled { .. }), Some(expected)) =
-                (&result, req.expected_revision)
-            {
+            // firing), or the read behind it lagged the event itself, as a
+            // stream leader elected a moment ago may. Only the first settles
+            // the event; the second is retried. (`NotEnabled` needs no such
+            // check: `fire` compares the expected revision before the place,
+            // so it refuses only a token read at this event's revision.)
+            if let (Err(FireError::Conflict { .. }), Some(expected)) = (&result, req.expected_revision) {
                 match engine
                     .store()
                     .reader()
