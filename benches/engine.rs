@@ -12,7 +12,8 @@ use async_nats::jetstream;
 use cb_host::engine::{Dispatcher, DispatcherConfig, Engine, EngineConfig, FireRequest};
 use cb_host::model::{Id, WorkflowDefinition};
 use cb_host::plugin::{PluginRegistry, PluginRuntime, RuntimeConfig};
-use cb_host::store::{NewToken, Store, StoreConfig};
+use cb_host::store::{CommitStats, NewToken, Store, StoreConfig};
+use common::CommitSplit;
 use common::Role::{Ours, Raw};
 use common::raw::{RawGroup, RawMover};
 use serde_json::json;
@@ -140,8 +141,10 @@ async fn main() -> anyhow::Result<()> {
     let (mut raw, mut raw_t, mut raw_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
     // Firings so far per token: their parity says where it is.
     let mut fired = vec![0usize; 64];
+    let mut commits = CommitStats::default();
     for _ in 0..SLICES {
         let cpu0 = common::cpu_time();
+        let stats0 = store.writer().commit_stats();
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for (i, &done) in fired.iter().enumerate() {
@@ -168,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             fired[i] = k;
         }
         ours_t += t0.elapsed();
+        commits += store.writer().commit_stats().since(&stats0);
         let cpu1 = common::cpu_time();
         ours_cpu += cpu1 - cpu0;
         let (lat, elapsed) = ceiling.run(slice).await?;
@@ -177,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let op = "fire with one guard, 64 in flight";
     b.record_cpu(op, Ours, "engine.fire (group commit)", ours, ours_t, ours_cpu);
+    b.split_last(CommitSplit::of(&commits, ours_t));
     b.record_cpu(
         op,
         Raw,
@@ -185,6 +190,12 @@ async fn main() -> anyhow::Result<()> {
         raw_t,
         raw_cpu,
     );
+    b.split_last(CommitSplit::new(
+        ceiling.batches,
+        ceiling.batches * 64,
+        ceiling.commit_wait,
+        raw_t,
+    ));
 
     b.section("actions: audit-log events drained by the dispatcher");
     let events = if quick { 300 } else { 3000 };

@@ -9,7 +9,7 @@ mod common;
 
 use std::fmt::Write as _;
 
-use common::{Role, Row};
+use common::{CommitSplit, Role, Row};
 
 const BENCHES: &[&str] = &["storage", "engine", "plugins"]; // report order
 
@@ -64,6 +64,30 @@ fn main() -> anyhow::Result<()> {
                 r.p50_us,
                 r.p99_us,
                 r.per_sec
+            )?;
+        }
+    }
+    let splits: Vec<(&Row, CommitSplit)> = rows.iter().filter_map(|r| Some((r, r.commit?))).collect();
+    if !splits.is_empty() {
+        writeln!(
+            md,
+            "\nGroup commit, per batch (one batch commits at a time: what the server's wait \
+             leaves is the writers' turn, when they prepare the next batch):\n"
+        )?;
+        writeln!(
+            md,
+            "| operation | implementation | writes | waiting on the server ms | between commits ms |"
+        )?;
+        writeln!(md, "|---|---|---:|---:|---:|")?;
+        for (r, c) in splits {
+            let who = match r.role {
+                Role::Ours => "**ours**",
+                _ => "raw ceiling",
+            };
+            writeln!(
+                md,
+                "| {} | {who} | {:.1} | {:.2} | {:.2} |",
+                r.op, c.writes_per_batch, c.server_ms, c.between_ms
             )?;
         }
     }

@@ -19,7 +19,8 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use cb_host::model::{Id, StoredDefinition, Token, WorkflowDefinition};
-use cb_host::store::{Move, NewToken, Store, StoreConfig, StoreWriter};
+use cb_host::store::{CommitStats, Move, NewToken, Store, StoreConfig, StoreWriter};
+use common::CommitSplit;
 use common::Role::{Original, Ours, Raw};
 use common::raw::{RawGroup, RawMover};
 use futures::StreamExt;
@@ -444,8 +445,10 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
         let mut toks = create_tokens(&c.store, &c.def, &format!("m{n}r{round}x"), n).await;
         let (mut ours, mut ours_t, mut ours_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
         let (mut ceiling, mut ceiling_t, mut ceiling_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
+        let mut commits = CommitStats::default();
         for _ in 0..slices {
             let cpu0 = common::cpu_time();
+            let stats0 = c.store.writer().commit_stats();
             let t0 = Instant::now();
             let mut tasks = Vec::new();
             for mut t in toks.drain(..) {
@@ -467,6 +470,7 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
             }
             ours_t += t0.elapsed();
             ours_cpu += common::cpu_time() - cpu0;
+            commits += c.store.writer().commit_stats().since(&stats0);
             if let Some(raw) = raw_group.as_mut() {
                 let cpu0 = common::cpu_time();
                 let (lat, elapsed) = raw.run(slice).await?;
@@ -476,6 +480,9 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
             }
         }
         b.record_cpu(&op, Ours, "move_token (group commit)", ours, ours_t, ours_cpu);
+        if n > 1 {
+            b.split_last(CommitSplit::of(&commits, ours_t));
+        }
 
         // Raw: one atomic batch per move, the same three messages.
         let mut movers = Vec::new();
@@ -510,6 +517,14 @@ async fn bench_move(b: &mut common::Bench, c: &Ctx) -> anyhow::Result<()> {
                 ceiling_t,
                 ceiling_cpu,
             );
+            if let Some(raw) = &raw_group {
+                b.split_last(CommitSplit::new(
+                    raw.batches,
+                    raw.batches * n as u64,
+                    raw.commit_wait,
+                    ceiling_t,
+                ));
+            }
         }
     }
     Ok(())

@@ -844,6 +844,12 @@ async fn group_commit_keeps_every_concurrent_write_exact() {
     let env = env().await;
     let (reader, writer) = (env.store.reader(), env.store.writer());
     let def = Arc::new(apply(&env.store, EXPENSE).await);
+    let js = jetstream::new(env.client.clone());
+    let last_seq = async || {
+        let mut stream = js.get_stream("CB_TEST").await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    };
+    let (seq0, stats0) = (last_seq().await, writer.commit_stats());
     let tasks: Vec<_> = (0..256)
         .map(|i| {
             let (w, d) = (writer.clone(), def.clone());
@@ -865,11 +871,26 @@ async fn group_commit_keeps_every_concurrent_write_exact() {
         })
         .collect();
     let mut by_id = BTreeMap::new();
+    let mut created = Vec::new();
     for t in tasks {
         let (c, m) = t.await.unwrap().unwrap();
         assert!(m.token.revision > c.token.revision);
         by_id.insert(m.token.id.clone(), m);
+        created.push(c);
     }
+    // The counters add up to what the stream stored: 512 writes, every
+    // message of theirs, in batches shared by more than one write.
+    let stats = writer.commit_stats().since(&stats0);
+    assert_eq!(stats.writes, 512, "{stats:?}");
+    assert_eq!(stats.messages, last_seq().await - seq0, "{stats:?}");
+    assert!(stats.batches >= 2 && stats.batches < stats.writes, "{stats:?}");
+    assert!(stats.commit_time > std::time::Duration::ZERO, "{stats:?}");
+    // A refused write is not counted.
+    let stale = writer
+        .move_token(&def.definition, &created[0].token, mv("submit", "submitted"))
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    assert_eq!(writer.commit_stats().since(&stats0), stats);
     for (tid, m) in &by_id {
         let got = reader.get_token(&id("expense"), tid).await.unwrap();
         assert_eq!(

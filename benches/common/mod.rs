@@ -51,6 +51,40 @@ pub struct Row {
     /// throughput, this is the cost the code under test controls.
     #[serde(default)]
     pub cpu_us: Option<f64>,
+    /// Where a group-committed row's time went, where measured.
+    #[serde(default)]
+    pub commit: Option<CommitSplit>,
+}
+
+/// A period of group commits (one batch committing at a time), per batch:
+/// how long its commit waited on the server, and how long passed between
+/// commits, when the writers were preparing the next batch. The server's
+/// share is the disk and nats-server; the rest is the client's turn.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CommitSplit {
+    pub writes_per_batch: f64,
+    pub server_ms: f64,
+    pub between_ms: f64,
+}
+
+impl CommitSplit {
+    /// A writer's counters over a period of `elapsed`.
+    pub fn of(stats: &cb_host::store::CommitStats, elapsed: Duration) -> Option<CommitSplit> {
+        Self::new(stats.batches, stats.writes, stats.commit_time, elapsed)
+    }
+
+    /// `batches` batches of `writes` writes in all over `elapsed`, their
+    /// commits waiting `server` in all.
+    pub fn new(batches: u64, writes: u64, server: Duration, elapsed: Duration) -> Option<CommitSplit> {
+        (batches > 0).then(|| {
+            let n = batches as f64;
+            CommitSplit {
+                writes_per_batch: writes as f64 / n,
+                server_ms: server.as_secs_f64() * 1e3 / n,
+                between_ms: elapsed.saturating_sub(server).as_secs_f64() * 1e3 / n,
+            }
+        })
+    }
 }
 
 /// Rows of one bench, with a progress line per section on stderr.
@@ -106,6 +140,18 @@ impl Bench {
         let mut r = summarize(self.name, op, role, what, lat, elapsed);
         r.cpu_us = Some(cpu.as_secs_f64() * 1e6 / r.ops as f64);
         self.push(r);
+    }
+
+    /// Attaches `split` to the row recorded last, and prints it.
+    pub fn split_last(&mut self, split: Option<CommitSplit>) {
+        let (Some(split), Some(row)) = (split, self.rows.last_mut()) else {
+            return;
+        };
+        eprintln!(
+            "             per batch: {:.1} writes, {:.2} ms waiting on the server, {:.2} ms between commits",
+            split.writes_per_batch, split.server_ms, split.between_ms
+        );
+        row.commit = Some(split);
     }
 
     fn push(&mut self, r: Row) {
@@ -212,5 +258,6 @@ pub fn summarize(
         p99_us: pct(0.99),
         per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
         cpu_us: None,
+        commit: None,
     }
 }

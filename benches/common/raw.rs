@@ -97,6 +97,10 @@ pub struct RawGroup {
     c: usize,
     toks: Vec<(String, &'static str, u64)>,
     n: u64,
+    /// Batches committed and the time their commits waited on the server
+    /// (commit sent to acknowledgement), over every `run`.
+    pub batches: u64,
+    pub commit_wait: Duration,
 }
 
 impl RawGroup {
@@ -116,6 +120,8 @@ impl RawGroup {
             c,
             toks,
             n: 0,
+            batches: 0,
+            commit_wait: Duration::ZERO,
         })
     }
 
@@ -151,7 +157,10 @@ impl RawGroup {
                     let payload: Bytes = if k == 0 { Bytes::new() } else { "{}".into() };
                     if seqno == total {
                         h.insert("Nats-Batch-Commit", "1");
+                        let sent = Instant::now();
                         reply = Some(self.client.request_with_headers(subject, h, payload).await?);
+                        self.commit_wait += sent.elapsed();
+                        self.batches += 1;
                     } else {
                         self.client.publish_with_headers(subject, h, payload).await?;
                     }

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 
@@ -69,6 +69,96 @@ struct WriteOp {
     done: oneshot::Sender<Result<u64, StoreError>>,
 }
 
+/// Counters of the batches a store's writer committed, since it opened.
+///
+/// Group commit's behaviour depends on the load: how many writes share a
+/// batch and how long a commit takes decide throughput, and neither shows
+/// from the outside. Two snapshots bracket a period: their difference says
+/// how many writes each batch held, how long each commit waited on the
+/// server, and (with one batch committing at a time) how much of the
+/// period the writers spent between commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Atomic batches the server stored.
+    pub batches: u64,
+    /// Token writes in those batches (creates, moves, updates, completions).
+    pub writes: u64,
+    /// Messages in those batches.
+    pub messages: u64,
+    /// Total time those batches waited on the server: from sending a
+    /// batch's commit to its acknowledgement (for a batch sent whole, from
+    /// its first message).
+    pub commit_time: Duration,
+}
+
+impl CommitStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &CommitStats) -> CommitStats {
+        CommitStats {
+            batches: self.batches.saturating_sub(earlier.batches),
+            writes: self.writes.saturating_sub(earlier.writes),
+            messages: self.messages.saturating_sub(earlier.messages),
+            commit_time: self.commit_time.saturating_sub(earlier.commit_time),
+        }
+    }
+
+    /// Mean time a commit waited on the server (zero without batches).
+    pub fn mean_commit_time(&self) -> Duration {
+        if self.batches == 0 {
+            Duration::ZERO
+        } else {
+            self.commit_time / u32::try_from(self.batches).unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Mean writes per batch (0 without batches).
+    pub fn writes_per_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.writes as f64 / self.batches as f64
+        }
+    }
+}
+
+/// Sums periods (e.g. the slices of a benchmark).
+impl std::ops::AddAssign for CommitStats {
+    fn add_assign(&mut self, other: CommitStats) {
+        self.batches += other.batches;
+        self.writes += other.writes;
+        self.messages += other.messages;
+        self.commit_time += other.commit_time;
+    }
+}
+
+/// [`CommitStats`] as the committer and direct committers update them.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
+    messages: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, writes: usize, messages: u64, waited: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+            commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 /// The callers' side of the committer.
 pub(super) struct Committer {
     queue: mpsc::Sender<WriteOp>,
@@ -82,6 +172,7 @@ struct Pipe {
     inflight: Arc<tokio::sync::Mutex<()>>,
     /// Set by the idle committer when a caller may commit directly.
     direct: AtomicBool,
+    stats: Counters,
 }
 
 impl Committer {
@@ -91,6 +182,7 @@ impl Committer {
         let pipe = Arc::new(Pipe {
             inflight: Arc::new(tokio::sync::Mutex::new(())),
             direct: AtomicBool::new(true),
+            stats: Counters::default(),
         });
         tokio::spawn(run(shared.clone(), pipe.clone(), rx));
         Committer { queue, pipe, shared }
@@ -122,7 +214,7 @@ impl Committer {
         match direct {
             // Dropped with this future if the caller gives up: the committer
             // never waits on a commit nobody drives.
-            Some(_inflight) => commit_group(&self.shared, vec![op], None).await,
+            Some(_inflight) => commit_group(&self.shared, &self.pipe.stats, vec![op], None).await,
             None => {
                 op.fresh = op.messages.clone();
                 self.queue
@@ -133,6 +225,11 @@ impl Committer {
         }
         rx.await
             .map_err(|_| StoreError::unavailable("write", "the committer has stopped"))?
+    }
+
+    /// The counters so far.
+    pub(super) fn stats(&self) -> CommitStats {
+        self.pipe.stats.snapshot()
     }
 }
 
@@ -205,6 +302,7 @@ type CommitFuture = Pin<Box<dyn Future<Output = Result<Committed, BatchError>> +
 /// A batch whose commit has been sent.
 struct InFlight {
     reply: CommitFuture,
+    sent: Instant,
     ops: Vec<WriteOp>,
     _inflight: OwnedMutexGuard<()>,
 }
@@ -244,6 +342,7 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
                     let (client, id, seq) = (shared.client.clone(), batch.id, batch.sent + 1);
                     let timeout = shared.config.request_timeout;
                     inflight = Some(InFlight {
+                        sent: Instant::now(),
                         reply: Box::pin(
                             async move { direct::commit(&client, &id, seq, last, timeout).await },
                         ),
@@ -251,7 +350,7 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
                         _inflight: guard,
                     });
                 }
-                _ => commit_group(&shared, batch.ops, None).await,
+                _ => commit_group(&shared, &pipe.stats, batch.ops, None).await,
             }
             continue;
         }
@@ -276,7 +375,8 @@ async fn run(shared: Arc<Shared>, pipe: Arc<Pipe>, mut rx: mpsc::Receiver<WriteO
         match event {
             Event::Committed(result) => {
                 let f = inflight.take().expect("in flight");
-                commit_group(&shared, f.ops, Some(result)).await;
+                let waited = f.sent.elapsed();
+                commit_group(&shared, &pipe.stats, f.ops, Some((result, waited))).await;
             }
             Event::Op(Some(op)) => add(&shared, &mut open, &mut deferred, op, max_writes).await,
             Event::Op(None) => closed = true,
@@ -329,9 +429,15 @@ async fn gather(
 /// streamed commit); on a CAS conflict or a duplicate message id, splits it
 /// in halves until the failing write is alone (the server names neither
 /// which write failed), so the others still commit.
-async fn commit_group(shared: &Shared, group: Vec<WriteOp>, first: Option<Result<Committed, BatchError>>) {
+/// `first` comes with the time its commit waited on the server.
+async fn commit_group(
+    shared: &Shared,
+    stats: &Counters,
+    group: Vec<WriteOp>,
+    first: Option<(Result<Committed, BatchError>, Duration)>,
+) {
     let timeout = shared.config.request_timeout;
-    let mut first = first.map(|r| r.map_err(|e| classify(e, timeout)));
+    let mut first = first.map(|(r, waited)| r.map(|c| (c, waited)).map_err(|e| classify(e, timeout)));
     let mut work = vec![group];
     while let Some(group) = work.pop() {
         let outcome = match first.take() {
@@ -339,7 +445,7 @@ async fn commit_group(shared: &Shared, group: Vec<WriteOp>, first: Option<Result
             Some(outcome) => outcome,
         };
         match outcome {
-            Ok(committed) => {
+            Ok((committed, waited)) => {
                 let total: u64 = group.iter().map(|op| op.messages.len() as u64).sum();
                 if committed.count != total {
                     let e = StoreError::unavailable(
@@ -351,6 +457,7 @@ async fn commit_group(shared: &Shared, group: Vec<WriteOp>, first: Option<Result
                     }
                     continue;
                 }
+                stats.record(group.len(), total, waited);
                 let mut seq = committed.last_sequence + 1 - total;
                 for op in group {
                     let n = op.messages.len() as u64;
@@ -433,14 +540,16 @@ fn classify(e: BatchError, timeout: Duration) -> Failure {
     }
 }
 
-async fn send_with_retry(shared: &Shared, group: &[WriteOp]) -> Result<Committed, Failure> {
+/// Also returns how long the successful attempt waited on the server.
+async fn send_with_retry(shared: &Shared, group: &[WriteOp]) -> Result<(Committed, Duration), Failure> {
     let policy = shared.config.retry;
     let timeout = shared.config.request_timeout;
     let mut attempt = 1;
     loop {
         let messages = group.iter().flat_map(|op| op.messages.iter().cloned()).collect();
+        let sent = Instant::now();
         let failure = match direct::publish_batch(&shared.client, &batch_id(), messages, timeout).await {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok((c, sent.elapsed())),
             Err(e) => match classify(e, timeout) {
                 Failure::Transient(e) => e,
                 other => return Err(other),

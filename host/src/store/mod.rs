@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 pub use config::{RetryPolicy, StorageKind, StoreConfig};
 pub use error::{Missing, StoreError};
+pub use group::CommitStats;
 pub use memory::MemorySource;
 pub(crate) use reader::decode_event_payload;
 pub use reader::{Page, StoreReader};

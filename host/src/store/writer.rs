@@ -14,7 +14,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::direct::OutMessage;
-use super::group::Committer;
+use super::group::{CommitStats, Committer};
 use super::reader::{EventBody, KV_OPERATION, Shared, StoreReader, TokenBody};
 use super::subjects::EventStream;
 use super::{Missing, StoreError};
@@ -102,6 +102,13 @@ impl StoreWriter {
 
     fn shared(&self) -> &Shared {
         &self.reader.shared
+    }
+
+    /// Counters of the atomic batches this writer (and its clones) committed
+    /// since the store opened: writes per batch and time spent waiting on
+    /// the server. Take two and subtract ([`CommitStats::since`]).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.committer.stats()
     }
 
     /// Stores `def` as a new version unless it equals the latest version, in

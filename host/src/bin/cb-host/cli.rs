@@ -724,6 +724,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and actions in progress");
         serving.shutdown().await;
+        let commits = host.engine().store().writer().commit_stats();
+        tracing::info!(
+            writes = commits.writes,
+            batches = commits.batches,
+            writes_per_batch = format!("{:.1}", commits.writes_per_batch()),
+            mean_commit_ms = format!("{:.2}", commits.mean_commit_time().as_secs_f64() * 1e3),
+            "token writes committed since start"
+        );
         host.client().flush().await.ok();
         anyhow::Ok(())
     });
