@@ -76,7 +76,9 @@ struct WriteOp {
 /// from the outside. Two snapshots bracket a period: their difference says
 /// how many writes each batch held, how long each commit waited on the
 /// server, and (with one batch committing at a time) how much of the
-/// period the writers spent between commits.
+/// period the writers spent between commits. The fields are separate
+/// counters: a snapshot taken while batches commit may be one batch apart
+/// between them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Atomic batches the server stored.
