@@ -119,6 +119,15 @@ fn every_cli_command_round_trips_with_json_output() {
     assert!(done["event_sequence"].as_u64().unwrap() > 0);
     let plugins = json_of(&cli(&url, &["--json", "plugin", "list"]));
     assert_eq!(plugins.as_array().unwrap().len(), 4);
+    // Five token writes: the create, submit, approve, the action's `pay`
+    // and the completion (a redelivered action's duplicate is refused,
+    // and a refused write is not counted).
+    let stats = json_of(&cli(&url, &["--json", "stats"]));
+    let commits = &stats["commits"];
+    assert_eq!(commits["writes"], 5, "{stats}");
+    let batches = commits["batches"].as_u64().unwrap();
+    assert!((1..=5).contains(&batches), "{stats}");
+    assert!(commits["mean_commit_ms"].as_f64().unwrap() > 0.0, "{stats}");
 
     // Human output reads well too.
     let out = cli(&url, &["token", "history", "e1"]);
@@ -127,6 +136,9 @@ fn every_cli_command_round_trips_with_json_output() {
         text.contains("pay: approved -> paid") && text.contains("completed in paid"),
         "{text}"
     );
+    let out = cli(&url, &["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("token writes: 5 in "), "{text}");
 }
 
 #[test]

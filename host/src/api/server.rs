@@ -165,6 +165,9 @@ async fn dispatch(host: &Host, name: &str, payload: &[u8]) -> Result<Bytes, Erro
             ok(CompleteReply { event_sequence })
         }
         "plugin.list" => ok(host.plugins()),
+        "host.stats" => ok(HostStats {
+            commits: host.engine().store().writer().commit_stats().into(),
+        }),
         other => Err(ErrorInfo::new("not-found", format!("no endpoint {other}"))),
     }
 }

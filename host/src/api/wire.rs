@@ -21,6 +21,7 @@ pub const ENDPOINTS: &[&str] = &[
     "token.enabled",
     "token.complete",
     "plugin.list",
+    "host.stats",
 ];
 
 /// `workflow.get`.
@@ -135,6 +136,43 @@ pub struct EnabledReply {
 pub struct CompleteReply {
     /// Sequence of the `completed` event.
     pub event_sequence: u64,
+}
+
+/// `host.stats` reply: what this host did since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// The token writes it committed (group commit).
+    pub commits: CommitCounters,
+}
+
+/// [`crate::store::CommitStats`] on the wire, times in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitCounters {
+    /// Atomic batches the server stored.
+    pub batches: u64,
+    /// Token writes in them (creates, moves, updates, completions).
+    pub writes: u64,
+    /// Messages in them.
+    pub messages: u64,
+    /// Mean writes per batch.
+    pub writes_per_batch: f64,
+    /// Total time the batches waited on the server, in ms.
+    pub commit_ms: f64,
+    /// Mean time a batch waited on the server, in ms.
+    pub mean_commit_ms: f64,
+}
+
+impl From<crate::store::CommitStats> for CommitCounters {
+    fn from(s: crate::store::CommitStats) -> Self {
+        CommitCounters {
+            batches: s.batches,
+            writes: s.writes,
+            messages: s.messages,
+            writes_per_batch: s.writes_per_batch(),
+            commit_ms: s.commit_time.as_secs_f64() * 1e3,
+            mean_commit_ms: s.mean_commit_time().as_secs_f64() * 1e3,
+        }
+    }
 }
 
 /// The body of an error reply.

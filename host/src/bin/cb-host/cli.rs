@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cb_host::api::{
-    ApiClient, ApiError, CompleteReply, EnabledReply, TokenCreate, TokenFire, TokenHistory, TokenList,
-    TokenRef, WorkflowGet,
+    ApiClient, ApiError, CompleteReply, EnabledReply, HostStats, TokenCreate, TokenFire, TokenHistory,
+    TokenList, TokenRef, WorkflowGet,
 };
 use cb_host::engine::{DispatcherConfig, Fired};
 use cb_host::model::{Event, Id, Metadata, StoredDefinition, Token, WorkflowDefinition};
@@ -89,6 +89,9 @@ enum Command {
     /// List loaded plugins, inspect and test plugin files.
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// What the running host did since it started: token writes, the
+    /// atomic batches they shared, and how long those waited on the server.
+    Stats,
     /// The whole mission in one command: a local nats-server, example
     /// workflows and plugins, allowed and denied firings, an action, and
     /// proof that reads consume nothing.
@@ -626,6 +629,10 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
         Command::Plugin(PluginCmd::List) => {
             let list: Vec<PluginInfo> = api.call("plugin.list", &serde_json::json!({})).await?;
             out.plugins(&list);
+        }
+        Command::Stats => {
+            let stats: HostStats = api.call("host.stats", &serde_json::json!({})).await?;
+            out.stats(&stats);
         }
         Command::Serve(_)
         | Command::Demo(_)

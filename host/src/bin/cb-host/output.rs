@@ -1,6 +1,6 @@
 //! Human-readable and JSON output.
 
-use cb_host::api::{CompleteReply, EnabledReply};
+use cb_host::api::{CompleteReply, EnabledReply, HostStats};
 use cb_host::engine::Fired;
 use cb_host::model::{Event, EventKind, StoredDefinition, Token};
 use cb_host::plugin::{Inspection, PluginInfo};
@@ -185,6 +185,18 @@ impl Out {
             return;
         }
         println!("token {token} completed (event {})", r.event_sequence);
+    }
+
+    pub(crate) fn stats(&self, s: &HostStats) {
+        if self.json(s) {
+            return;
+        }
+        let c = &s.commits;
+        println!(
+            "token writes: {} in {} atomic batches ({:.1} per batch, {} messages); \
+             mean wait on the server {:.2} ms",
+            c.writes, c.batches, c.writes_per_batch, c.messages, c.mean_commit_ms
+        );
     }
 
     pub(crate) fn plugins(&self, list: &[PluginInfo]) {
