@@ -106,10 +106,13 @@ impl CommitStats {
 
     /// Mean time a commit waited on the server (zero without batches).
     pub fn mean_commit_time(&self) -> Duration {
-        if self.batches == 0 {
-            Duration::ZERO
-        } else {
-            self.commit_time / u32::try_from(self.batches).unwrap_or(u32::MAX)
+        match self.batches {
+            0 => Duration::ZERO,
+            // Past u32::MAX batches `Duration / u32` would need a clamped
+            // divisor; nanoseconds divide exactly at any count.
+            n => Duration::from_nanos(
+                u64::try_from(self.commit_time.as_nanos() / u128::from(n)).unwrap_or(u64::MAX),
+            ),
         }
     }
 
