@@ -7,9 +7,11 @@ WITH_NATS = NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))"
 
 .PHONY: setup test lint bench bench-quick plugins demo clean
 
-## setup: add the wasm32-wasip2 target, find or install nats-server >= 2.12
+## setup: add the wasm32-wasip2 target, find or install nats-server >= 2.12,
+## install the pinned Python and JavaScript component toolchains
 setup:
 	@scripts/setup.sh
+	@scripts/guest-tools.sh
 
 GUARDS := -p amount-limit -p require-fields -p siblings-in-place -p business-hours
 ACTIONS := -p auto-advance -p audit-log
@@ -21,7 +23,7 @@ lint:
 	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release $(PLUGINS_WASM) $(GUARDS) -p misbehave -- -D warnings
-	$(CARGO) clippy --release $(PLUGINS_WASM) $(ACTIONS) -p wrong-world -- -D warnings
+	$(CARGO) clippy --release $(PLUGINS_WASM) $(ACTIONS) -p wrong-world -p misbehave-action -- -D warnings
 
 ## test: everything CI runs: setup, lint, all tests against real nats-server
 ## (benches are not run here: speed is measured by `make bench`, not in tests)
@@ -35,11 +37,14 @@ plugins: setup
 	@mkdir -p target/plugins
 	@for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do \
 		cp target/wasm/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm target/plugins/$$p.wasm; done
+	@scripts/guest-build.sh target/guest-plugins
+	@cp target/guest-plugins/py-amount-limit.wasm target/guest-plugins/py-auto-advance.wasm \
+		target/guest-plugins/js-require-fields.wasm target/plugins/
 	@ls -l target/plugins
 
 ## demo: build the plugins and the binary, then run `cb-host demo`
 demo: plugins
-	$(CARGO) build --release -p cb-host
+	$(CARGO) build --release -p cb-host-cli
 	CB_NATS_SERVER_BIN="$$(cat $(NATS_BIN_FILE))" target/release/cb-host demo
 
 ## bench: every benchmark next to its baselines (raw async-nats, the original
@@ -47,17 +52,19 @@ demo: plugins
 # The CPU-bound plugin bench runs first, before the disk is busy writing
 # back what the storage bench stored.
 bench: setup
-	$(CARGO) bench --bench plugins
-	$(WITH_NATS) $(CARGO) bench --bench storage
-	$(WITH_NATS) $(CARGO) bench --bench engine
-	$(WITH_NATS) $(CARGO) bench --bench report
+	$(CARGO) bench -p cb-bench --bench plugins
+	$(WITH_NATS) $(CARGO) bench -p cb-bench --bench storage
+	$(WITH_NATS) $(CARGO) bench -p cb-bench --bench engine
+	$(WITH_NATS) $(CARGO) bench -p cb-bench --bench api
+	$(WITH_NATS) $(CARGO) bench -p cb-bench --bench report
 
 ## bench-quick: the same with fewer iterations (under a minute once built)
 bench-quick: setup
-	CB_BENCH_QUICK=1 $(CARGO) bench --bench plugins
-	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench storage
-	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench --bench engine
-	$(WITH_NATS) $(CARGO) bench --bench report
+	CB_BENCH_QUICK=1 $(CARGO) bench -p cb-bench --bench plugins
+	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench -p cb-bench --bench storage
+	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench -p cb-bench --bench engine
+	$(WITH_NATS) CB_BENCH_QUICK=1 $(CARGO) bench -p cb-bench --bench api
+	$(WITH_NATS) $(CARGO) bench -p cb-bench --bench report
 
 clean:
 	$(CARGO) clean

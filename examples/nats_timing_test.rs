@@ -15,7 +15,7 @@
 //! `NATS_SERVER_BIN` or PATH; `make setup` installs one) on a free port with
 //! a temporary store.
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../host/bench/benches/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN="$(cat target/nats-server-bin)"
 export NATS_SERVER_BIN
+# One compile cache for every test and `plugin test` run (the Python and
+# JavaScript components take seconds each to compile), kept in target/.
+export XDG_CACHE_HOME="$PWD/target/xdg-cache"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -28,6 +31,9 @@ cargo run --quiet --example nats_timing_test -- --tokens 100 2>&1 | tee -a "$log
 echo "== plugin case files (cb-host plugin test)"
 for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do
   RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/$p.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"
+done
+for p in python/py-amount-limit python/py-auto-advance js/js-require-fields; do
+  RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/${p#*/}.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"
 done
 
 awk '

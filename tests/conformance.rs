@@ -24,7 +24,7 @@ async fn observe(source: &dyn TokenSource) -> Vec<String> {
         let mut cursor = None;
         loop {
             let page = source
-                .list_place(&id("expense"), &id(place), cursor, 2)
+                .list_place(&id("expense"), &id(place), cursor, 2, usize::MAX)
                 .await
                 .unwrap();
             seen.push(format!(
@@ -86,6 +86,7 @@ async fn memory_and_jetstream_sources_agree() {
                         input: serde_json::Value::Null,
                         data: None,
                         msg_id: None,
+                        idempotency: None,
                     },
                 )
                 .await

@@ -147,7 +147,7 @@ async fn guards_allow_or_deny_with_every_denial_and_denials_write_nothing() {
 
     // Typed errors for the rest.
     assert!(
-        matches!(e.engine.fire(fire("ok", "submit")).await, Err(FireError::NotEnabled { place, .. }) if place == "submitted")
+        matches!(e.engine.fire(fire("ok", "submit")).await, Err(FireError::NotEnabled { marking, .. }) if marking == ["submitted"])
     );
     assert!(matches!(
         e.engine.fire(fire("ok", "nope")).await,

@@ -21,6 +21,7 @@ async fn call(p: &Plugin, config: Value) -> Result<Decision, cb_host::plugin::Pl
         workflow_id: id("w"),
         definition_version: 1,
         place: id("p"),
+        marking: vec![id("p").clone()],
         data: json!({"amount": 1}),
         metadata: Default::default(),
         created_at: now,
@@ -30,13 +31,7 @@ async fn call(p: &Plugin, config: Value) -> Result<Decision, cb_host::plugin::Pl
     };
     let input = GuardInput {
         token,
-        transition: Transition {
-            id: id("t"),
-            from: vec![id("p")],
-            to: id("p"),
-            guards: vec![],
-            actions: vec![],
-        },
+        transition: Transition::simple(id("t"), vec![id("p")], id("p")),
         config,
         input: Value::Null,
         actor: None,

@@ -38,6 +38,7 @@ fn token(data: Value) -> Token {
         workflow_id: id("expense"),
         definition_version: 1,
         place: id("submitted"),
+        marking: vec![id("submitted")],
         data,
         metadata: Default::default(),
         created_at: now,
@@ -48,13 +49,7 @@ fn token(data: Value) -> Token {
 }
 
 fn transition() -> Transition {
-    Transition {
-        id: id("approve"),
-        from: vec![id("submitted")],
-        to: id("approved"),
-        guards: vec![],
-        actions: vec![],
-    }
+    Transition::simple(id("approve"), vec![id("submitted")], id("approved"))
 }
 
 fn guard_input(data: Value, config: Value) -> GuardInput {
@@ -181,6 +176,9 @@ async fn actions_return_requests_and_logs() {
         transition: transition(),
         from: id("submitted"),
         to: id("approved"),
+        consumed: vec![id("submitted")],
+        produced: vec![id("approved")],
+        cancelled: vec![],
         actor: Some("ana".into()),
         input: Value::Null,
         config: json!({"transition": "pay", "input": {"note": "auto"}}),
@@ -230,6 +228,57 @@ async fn actions_return_requests_and_logs() {
             .await,
         Err(PluginError::WrongWorld { .. })
     ));
+}
+
+/// Components built against WIT 0.1.0 (before markings) load and run
+/// unchanged: they see a multi-place token's first place.
+#[tokio::test]
+async fn components_built_against_wit_0_1_still_load_and_run() {
+    let (rt, _c) = runtime();
+    for path in [wasm::V0_1_AMOUNT_LIMIT, wasm::V0_1_AUTO_ADVANCE] {
+        let bytes = std::fs::read(path).unwrap();
+        let seen = rt.inspect("old", &bytes).unwrap();
+        assert_eq!(seen.wit_versions, ["0.1.0"], "{path}: {:?}", seen.imports);
+        assert!(seen.problem.is_none(), "{path}: {:?}", seen.problem);
+    }
+    let guard = load(&rt, wasm::V0_1_AMOUNT_LIMIT);
+    assert_eq!(guard.world(), World::Guard);
+    let mut split = guard_input(json!({ "amount": 50 }), json!({ "max": 100 }));
+    split.token.marking = vec![id("legal"), id("finance")];
+    split.token.place = id("legal");
+    let d = guard.evaluate(&split, empty()).await.unwrap().value;
+    assert_eq!(d, Decision::Allow);
+    split.token.data = json!({ "amount": 500 });
+    let d = guard.evaluate(&split, empty()).await.unwrap().value;
+    assert_eq!(deny_code(&d), "amount-over-limit");
+
+    let action = load(&rt, wasm::V0_1_AUTO_ADVANCE);
+    assert_eq!(action.world(), World::Action);
+    let input = ActionInput {
+        event_sequence: 9,
+        token: Token {
+            marking: vec![id("legal"), id("finance")],
+            ..token(json!({}))
+        },
+        transition: Transition {
+            split: vec![id("legal"), id("finance")],
+            to: None,
+            ..transition()
+        },
+        from: id("submitted"),
+        to: id("legal"),
+        consumed: vec![id("submitted")],
+        produced: vec![id("legal"), id("finance")],
+        cancelled: vec![],
+        actor: None,
+        input: Value::Null,
+        config: json!({ "transition": "legal_done" }),
+        fired_at: OffsetDateTime::now_utc(),
+    };
+    let out = action.run_action(&input, empty()).await.unwrap();
+    assert_eq!(out.value.len(), 1);
+    assert_eq!(out.value[0].transition, "legal_done");
+    assert_eq!(out.value[0].token_id, "t1");
 }
 
 async fn misbehave(p: &Plugin, what: &str) -> Result<Decision, PluginError> {
@@ -307,8 +356,14 @@ async fn each_hostile_plugin_gets_its_typed_error_within_its_limit_and_the_next_
     }
     check_good().await;
 
-    // Output is captured into the log, capped by the log budget.
+    // Output is captured into the log, capped by the log budget; writes
+    // past it are accepted and dropped (8 MiB of them: a longer deadline).
     let out = bad
+        .clone()
+        .with_limits(PluginLimits {
+            deadline: Duration::from_secs(5),
+            ..limits
+        })
         .evaluate(&guard_input(json!({}), json!({"do": "output"})), empty())
         .await
         .unwrap();
@@ -588,6 +643,7 @@ async fn plugins_read_real_tokens_and_leave_the_stream_untouched() {
                     input: Value::Null,
                     data: None,
                     msg_id: None,
+                    idempotency: None,
                 },
             )
             .await

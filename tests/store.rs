@@ -20,6 +20,7 @@ fn mv(transition: &str, to: &str) -> Move {
         input: json!(null),
         data: None,
         msg_id: None,
+        idempotency: None,
     }
 }
 
@@ -92,6 +93,7 @@ async fn round_trip_of_every_operation_with_true_metadata() {
                 data: json!({"amount": 10}),
                 metadata: [("owner".to_string(), "ana".to_string())].into(),
                 actor: Some("ana".into()),
+                idempotency: None,
             },
         )
         .await
@@ -611,9 +613,12 @@ async fn kill_9_during_moves_loses_and_doubles_nothing() {
                 };
                 match step.await {
                     Ok(_) => committed.send_modify(|n| *n += 1),
+                    // A commit whose answer the kill took is unknown, never a
+                    // wrong answer.
                     Err(
                         StoreError::Conflict { .. }
                         | StoreError::Timeout { .. }
+                        | StoreError::Indeterminate { .. }
                         | StoreError::Unavailable { .. },
                     ) => errors += 1,
                     Err(e) => panic!("unexpected error: {e}"),
@@ -756,7 +761,7 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
     }
     // Invalid definitions.
     let mut invalid = def.definition.clone();
-    invalid.transitions[0].to = id("nowhere");
+    invalid.transitions[0].to = Some(id("nowhere"));
     assert!(matches!(
         writer.put_definition(&invalid).await,
         Err(StoreError::InvalidDefinition(_))
@@ -968,6 +973,7 @@ async fn a_repeated_msg_id_is_refused_alone_and_its_group_still_commits() {
     }
     let with_id = |key: &str| Move {
         msg_id: Some(key.to_string()),
+        idempotency: None,
         ..mv("hit", "pong")
     };
     writer

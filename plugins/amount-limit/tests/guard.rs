@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use cb_host::harness::Harness;
+use cb_harness::Harness;
 use serde_json::json;
 
 fn guard() -> &'static Harness {

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use cb_host::harness::{Harness, TokenFixture};
+use cb_harness::{Harness, TokenFixture};
 use serde_json::json;
 
 fn action() -> &'static Harness {

@@ -3,8 +3,8 @@
 
 use std::sync::OnceLock;
 
-use cb_host::harness::{Harness, TokenFixture};
-use cb_host::plugin::TransitionRequest;
+use cb_harness::TransitionRequest;
+use cb_harness::{Harness, TokenFixture};
 use serde_json::json;
 
 fn action() -> &'static Harness {

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use cb_host::harness::Harness;
+use cb_harness::Harness;
 use serde_json::json;
 use time::macros::datetime;
 

@@ -70,8 +70,12 @@ pub struct Token {
     pub workflow_id: String,
     /// The definition version it is pinned to.
     pub definition_version: u64,
-    /// Its place.
+    /// Its first marked place (the one place of a sequential workflow's
+    /// token).
     pub place: String,
+    /// Every place it is marked in, in the definition's order (several
+    /// after a parallel split).
+    pub marking: Vec<String>,
     /// Application data.
     pub data: Value,
     /// String-keyed metadata.
@@ -89,10 +93,17 @@ pub struct Token {
 pub struct TransitionInfo {
     /// Its id.
     pub id: String,
-    /// Places it fires from.
+    /// Enabled when marked in any one of these (empty with `join`).
     pub from: Vec<String>,
-    /// The place it moves to.
-    pub to: String,
+    /// AND-join: enabled only when marked in every one of these.
+    pub join: Vec<String>,
+    /// The one place it marks (none for a split or a consume-only
+    /// transition).
+    pub to: Option<String>,
+    /// AND-split: every place it marks.
+    pub split: Vec<String>,
+    /// Places whose marks it clears (reset arcs).
+    pub cancel: Vec<String>,
 }
 
 /// A workflow definition.
@@ -108,6 +119,8 @@ pub struct Workflow {
     pub places: Vec<String>,
     /// Where tokens start.
     pub initial_place: String,
+    /// Places that end a case.
+    pub final_places: Vec<String>,
     /// Its transitions.
     pub transitions: Vec<TransitionInfo>,
 }
@@ -138,10 +151,16 @@ pub struct ActionContext {
     pub token: Token,
     /// The transition that fired.
     pub transition: TransitionInfo,
-    /// The place it left.
+    /// The (first) place it consumed a mark from.
     pub from: String,
-    /// The place it entered.
+    /// The (first) place it marked (`from` if none).
     pub to: String,
+    /// Every mark it consumed.
+    pub consumed: Vec<String>,
+    /// Every place it marked.
+    pub produced: Vec<String>,
+    /// The marks its cancel arcs cleared.
+    pub cancelled: Vec<String>,
     /// Who fired.
     pub actor: Option<String>,
     /// The caller's input.
@@ -263,6 +282,7 @@ fn token(t: types::Token) -> Token {
         workflow_id: t.workflow_id,
         definition_version: t.definition_version,
         place: t.place,
+        marking: t.marking,
         data: json(&t.data),
         metadata: t.metadata.into_iter().collect(),
         revision: t.revision,
@@ -275,7 +295,10 @@ fn transition(t: types::TransitionInfo) -> TransitionInfo {
     TransitionInfo {
         id: t.id,
         from: t.from,
+        join: t.join,
         to: t.to,
+        split: t.split,
+        cancel: t.cancel,
     }
 }
 
@@ -333,6 +356,7 @@ pub mod reader {
             version: w.version,
             places: w.places,
             initial_place: w.initial_place,
+            final_places: w.final_places,
             transitions: w.transitions.into_iter().map(transition).collect(),
         })
     }
@@ -410,6 +434,9 @@ pub mod __private {
             transition: transition(ctx.transition),
             from: ctx.from,
             to: ctx.to,
+            consumed: ctx.consumed,
+            produced: ctx.produced,
+            cancelled: ctx.cancelled,
             actor: ctx.actor,
             input: json(&ctx.input),
             config: json(&ctx.config),

@@ -3,8 +3,8 @@
 
 use std::sync::OnceLock;
 
-use cb_host::harness::{Harness, TokenFixture};
-use cb_host::model::WorkflowDefinition;
+use cb_harness::WorkflowDefinition;
+use cb_harness::{Harness, TokenFixture};
 use serde_json::{Value, json};
 
 fn guard() -> &'static Harness {

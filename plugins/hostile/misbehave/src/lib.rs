@@ -15,10 +15,24 @@
 //! - `remember`: denies with what a static and a heap buffer held when the
 //!   call began (`seen`), then marks both: a call must never see an earlier
 //!   call's marks (instances, and their reused memory, start fresh).
+//! - `huge-details`, `huge-message`, `huge-code`: denies with that field
+//!   `bytes` long (default 40 MB; details are `[0,0,...]`), straight from
+//!   guest memory.
+//! - `bad-code`: denies with a code that is not an id (`a.b c`).
+//! - `deep-details`: denies with details nested `depth` deep (default 100).
+//! - `empty-lines`: logs `lines` empty lines (default 1,000,000).
+//! - `println-flood`: `println!`s `lines` short lines (default 1,000,000):
+//!   stdout must keep accepting them (a closed stdout panics the guest).
+//! - `read-other`: reads token `token` of workflow `workflow`; denies with
+//!   code `read-refused` and the error, or `read-allowed` with its place.
+//! - `list-other`: lists place `place` of workflow `workflow`, the same way.
+//! - `log-deny`: logs `marker` once, then denies with code `logged`: a
+//!   test counts the evaluations by the lines.
 //! - anything else: allow.
 
 use std::io::Write;
 
+use cb_sdk::bindings::circuit_breaker::plugin::types as wit;
 use cb_sdk::{Decision, Guard, GuardContext, deny, log, reader};
 
 struct Misbehave;
@@ -114,6 +128,53 @@ impl Guard for Misbehave {
                     .map(|a| format!("{:?}", a.collect::<Vec<_>>()))
                     .map_err(|e| e.to_string()),
             ),
+            "log-deny" => {
+                log::info(ctx.config["marker"].as_str().unwrap_or("evaluated"));
+                deny("logged").message("denied after logging").into()
+            }
+            "bad-code" => deny("a.b c").message("a code that would break a subject").into(),
+            "deep-details" => {
+                let depth = ctx.config["depth"].as_u64().unwrap_or(100);
+                let mut v = cb_sdk::json!(0);
+                for _ in 0..depth {
+                    v = cb_sdk::json!([v]);
+                }
+                Decision::Deny(cb_sdk::Denial {
+                    code: "deep".into(),
+                    message: "deeply nested details".into(),
+                    details: v,
+                })
+            }
+            "empty-lines" => {
+                for _ in 0..ctx.config["lines"].as_u64().unwrap_or(1_000_000) {
+                    log::info("");
+                }
+                Decision::Allow
+            }
+            "println-flood" => {
+                for i in 0..ctx.config["lines"].as_u64().unwrap_or(1_000_000) {
+                    println!("{}", i % 10);
+                }
+                Decision::Allow
+            }
+            "read-other" => {
+                let wf = ctx.config["workflow"].as_str().unwrap_or("other");
+                let t = ctx.config["token"].as_str().unwrap_or("t1");
+                match reader::get_token(wf, t) {
+                    Ok(t) => deny("read-allowed").message(t.place).into(),
+                    Err(e) => deny("read-refused").message(e.to_string()).into(),
+                }
+            }
+            "list-other" => {
+                let wf = ctx.config["workflow"].as_str().unwrap_or("other");
+                let place = ctx.config["place"].as_str().unwrap_or("a");
+                match reader::list_place(wf, place, None, 100) {
+                    Ok(p) => deny("read-allowed")
+                        .message(format!("{} tokens", p.0.len()))
+                        .into(),
+                    Err(e) => deny("read-refused").message(e.to_string()).into(),
+                }
+            }
             "random" => {
                 let mut map = std::collections::HashMap::new();
                 map.insert(1u8, 1u8);
@@ -152,4 +213,37 @@ impl Guard for Misbehave {
     }
 }
 
-cb_sdk::export_guard!(Misbehave);
+/// The export: the huge-output cases build the WIT denial straight from
+/// guest memory (the SDK would serialize a JSON value, needing memory for
+/// two copies); everything else goes through the SDK.
+struct Export;
+
+impl cb_sdk::bindings::Guest for Export {
+    fn evaluate(ctx: wit::GuardContext) -> wit::Decision {
+        let config: cb_sdk::Value = cb_sdk::serde_json::from_str(&ctx.config).unwrap_or_default();
+        let bytes = config["bytes"].as_u64().unwrap_or(40_000_000) as usize;
+        let denial = |code: String, message: String, details: String| {
+            wit::Decision::Deny(wit::Denial {
+                code,
+                message,
+                details,
+            })
+        };
+        match config["do"].as_str().unwrap_or("") {
+            "huge-details" => {
+                let mut d = String::with_capacity(bytes + 2);
+                d.push('[');
+                while d.len() + 2 < bytes {
+                    d.push_str("0,");
+                }
+                d.push_str("0]");
+                denial("huge".into(), "huge details".into(), d)
+            }
+            "huge-message" => denial("huge".into(), "m".repeat(bytes), "null".into()),
+            "huge-code" => denial("c".repeat(bytes), "huge code".into(), "null".into()),
+            _ => cb_sdk::__private::evaluate::<Misbehave>(ctx),
+        }
+    }
+}
+
+cb_sdk::bindings::__export_world!(Export with_types_in cb_sdk::bindings);
