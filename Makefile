@@ -39,7 +39,7 @@ plugins: setup
 		cp target/wasm/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm target/plugins/$$p.wasm; done
 	@scripts/guest-build.sh target/guest-plugins
 	@cp target/guest-plugins/py-amount-limit.wasm target/guest-plugins/py-auto-advance.wasm \
-		target/guest-plugins/js-require-fields.wasm target/plugins/
+		target/guest-plugins/js-require-fields.wasm target/guest-plugins/js-auto-advance.wasm target/plugins/
 	@ls -l target/plugins
 
 ## demo: build the plugins and the binary, then run `cb-host demo`

@@ -32,7 +32,7 @@ echo "== plugin case files (cb-host plugin test)"
 for p in amount-limit require-fields siblings-in-place business-hours auto-advance audit-log; do
   RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/$p.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"
 done
-for p in python/py-amount-limit python/py-auto-advance js/js-require-fields; do
+for p in python/py-amount-limit python/py-auto-advance js/js-require-fields js/js-auto-advance; do
   RUST_LOG=warn target/debug/cb-host plugin test "target/test-plugins/${p#*/}.wasm" "plugins/$p/cases" 2>&1 | tee -a "$log"
 done
 

@@ -208,6 +208,7 @@ impl Target {
                     id: id(token),
                     actor: None,
                     idempotency_key: None,
+                    expected_revision: None,
                 },
             )
             .await
@@ -215,6 +216,14 @@ impl Target {
 
     async fn stream(&self) -> StreamState {
         stream_state(self.host.client(), "CB_TEST").await
+    }
+
+    /// What every hostile case must leave: the host answers a read and
+    /// its peak RSS stays under a generous ceiling.
+    async fn still_well(&self, wf: &str, token: &str) {
+        self.get(wf, token).await.unwrap();
+        let peak = peak_rss_bytes();
+        assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
     }
 
     async fn stop(mut self) {
@@ -416,6 +425,7 @@ async fn log_floods_stay_within_the_call_budget_and_stdout_keeps_accepting() {
             "{transition}: the lines within budget are logged"
         );
     }
+    t.still_well("loud", "f1").await;
     t.stop().await;
 }
 
@@ -470,6 +480,7 @@ async fn plugins_reach_only_their_own_workflow_unless_a_definition_grants_more()
     for i in 0..4 {
         t.create("reader", &format!("r{i}"), json!({})).await;
     }
+    let before = t.stream().await;
     for (token, transition, code, says) in [
         ("r0", "other", "read-refused", "not found"),
         ("r1", "other-granted", "read-allowed", "a"),
@@ -494,6 +505,7 @@ async fn plugins_reach_only_their_own_workflow_unless_a_definition_grants_more()
             other => panic!("{transition}: {other:?}"),
         }
     }
+    assert_eq!(t.stream().await, before, "refused reads stored nothing");
     t.create("act", "o1", json!({})).await;
     t.create("act", "o2", json!({})).await;
     t.fire("act", "o1", "fireother").await.unwrap();
@@ -513,6 +525,7 @@ async fn plugins_reach_only_their_own_workflow_unless_a_definition_grants_more()
             .any(|l| l.contains("p1") && l.contains("misbehave-action")),
         "the refusal is in the action's log: {refused:?}"
     );
+    t.still_well("plain", "p1").await;
     t.stop().await;
 }
 
@@ -558,6 +571,7 @@ async fn listing_large_tokens_in_parallel_firings_keeps_the_host_connections_up(
     for c in creates {
         c.await.unwrap();
     }
+    let before = t.stream().await;
     let firings: Vec<_> = (0..8)
         .map(|i| {
             let api = t.api.clone();
@@ -584,7 +598,9 @@ async fn listing_large_tokens_in_parallel_firings_keeps_the_host_connections_up(
         assert_eq!(code, "denied", "{message}");
         assert!(message.contains("read-refused"), "{message}");
     }
-    // The host answers, on the same connections.
+    // The host answers, on the same connections, and stored nothing.
     assert_eq!(t.get("bulk", "big0").await.unwrap().place, "big");
+    assert_eq!(t.stream().await, before, "denied firings stored nothing");
+    t.still_well("bulk", "big1").await;
     t.stop().await;
 }

@@ -195,18 +195,26 @@ async fn a_python_busy_loop_and_a_javascript_memory_bomb_stop_at_their_limits() 
 const WF: &str = r#"{ "id": "guests", "places": ["draft", "checked", "approved", "paid"], "initial_place": "draft",
   "transitions": [
     { "id": "check", "from": ["draft"], "to": "checked",
-      "guards": [ { "plugin": "js-require-fields", "config": { "fields": ["/amount", "/owner"] } } ] },
+      "guards": [ { "plugin": "js-require-fields", "config": { "fields": ["/amount", "/owner"] } } ],
+      "actions": [ { "plugin": "js-auto-advance", "config": { "transition": "approve" } } ] },
     { "id": "approve", "from": ["checked"], "to": "approved",
       "guards": [ { "plugin": "py-amount-limit", "config": { "max": 100 } } ],
       "actions": [ { "plugin": "py-auto-advance", "config": { "transition": "pay" } } ] },
     { "id": "pay", "from": ["approved"], "to": "paid" } ] }"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_firings_run_python_and_javascript_guards_and_a_python_action() {
+async fn real_firings_run_python_and_javascript_guards_and_actions() {
     let server = NatsServer::start();
     let plugins = tempfile::tempdir().unwrap();
     for (name, path) in cb_test_plugins::GUESTS {
-        if ["py-amount-limit", "py-auto-advance", "js-require-fields"].contains(name) {
+        if [
+            "py-amount-limit",
+            "py-auto-advance",
+            "js-require-fields",
+            "js-auto-advance",
+        ]
+        .contains(name)
+        {
             std::fs::copy(path, plugins.path().join(format!("{name}.wasm"))).unwrap();
         }
     }
@@ -256,7 +264,8 @@ async fn real_firings_run_python_and_javascript_guards_and_a_python_action() {
     )
     .await
     .unwrap();
-    // JavaScript guard: allows g1, denies g2 naming the missing field.
+    // JavaScript guard: allows g1 (its JavaScript action then asks for
+    // `approve`), denies g2 naming the missing field.
     host.fire(fire("g1", "check")).await.unwrap();
     match host.fire(fire("g2", "check")).await {
         Err(HostError::Fire(FireError::Denied { denials, .. })) => {
@@ -265,27 +274,100 @@ async fn real_firings_run_python_and_javascript_guards_and_a_python_action() {
         }
         other => panic!("{other:?}"),
     }
-    // Python guard, then the Python action's follow-up.
-    host.fire(fire("g1", "approve")).await.unwrap();
+    // The JavaScript action's follow-up passes the Python guard; the
+    // Python action's follow-up pays.
     cb_test_support::wait_consumer_idle(host.client(), "CB_TEST", "cb-actions", Duration::from_secs(60))
         .await;
     let g1 = host.get_token(Some(&wf), &id("g1")).await.unwrap();
-    assert_eq!(g1.place, "paid", "py-auto-advance fired `pay`");
+    assert_eq!(
+        g1.place, "paid",
+        "js-auto-advance fired `approve`, py-auto-advance `pay`"
+    );
     let h = host.history(Some(&wf), &id("g1"), None, 100).await.unwrap();
-    let pay = h
-        .items
-        .iter()
-        .find_map(|e| match &e.kind {
-            cb_host::model::EventKind::Transition {
-                transition,
-                actor,
-                input,
-                ..
-            } if transition == "pay" => Some((actor.clone(), input.clone())),
-            _ => None,
-        })
-        .expect("a pay event");
+    let by = |name: &str| {
+        h.items
+            .iter()
+            .find_map(|e| match &e.kind {
+                cb_host::model::EventKind::Transition {
+                    transition,
+                    actor,
+                    input,
+                    ..
+                } if transition == name => Some((actor.clone(), input.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("a {name} event"))
+    };
+    let approve = by("approve");
+    assert_eq!(approve.0.as_deref(), Some("action:js-auto-advance"));
+    assert_eq!(approve.1["by"], "js-auto-advance");
+    assert_eq!(approve.1["produced"], json!(["checked"]));
+    let pay = by("pay");
     assert_eq!(pay.0.as_deref(), Some("action:py-auto-advance"));
     assert_eq!(pay.1["by"], "py-auto-advance");
     serving.shutdown().await;
+}
+
+/// A firing that needs a plugin still compiling waits for it up to
+/// `EngineConfig::plugin_load_wait`, then fails as `unavailable` ("plugin
+/// loading"): nothing is stored, and the same firing works once it loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_past_its_wait_for_a_loading_plugin_is_unavailable_and_stores_nothing() {
+    let server = NatsServer::start();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cb_test_plugins::PY_AMOUNT_LIMIT,
+        plugins.path().join("py-amount-limit.wasm"),
+    )
+    .unwrap();
+    // An empty cache: the Python component compiles for seconds.
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .nats_url(server.url())
+        .store(config())
+        .runtime(RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        })
+        .engine(cb_host::engine::EngineConfig {
+            plugin_load_wait: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .plugin_dir(plugins.path())
+        .load_plugins_in_background(true)
+        .build()
+        .await
+        .unwrap();
+    let def = r#"{ "id": "slow", "places": ["a", "b"], "initial_place": "a",
+      "transitions": [ { "id": "go", "from": ["a"], "to": "b",
+        "guards": [ { "plugin": "py-amount-limit", "config": { "max": 10 } } ] } ] }"#;
+    host.apply_workflow(&WorkflowDefinition::parse(def.as_bytes()).unwrap())
+        .await
+        .expect("a plugin still loading is not a missing one");
+    let wf = id("slow");
+    let t = host
+        .create_token(&wf, None, json!({"amount": 5}), Default::default(), None)
+        .await
+        .unwrap();
+    let before = stream_state(host.client(), "CB_TEST").await;
+    match host
+        .fire(FireRequest::new(wf.clone(), t.id.clone(), id("go")))
+        .await
+    {
+        Err(HostError::Fire(e @ FireError::Plugin(PluginError::Loading { .. }))) => {
+            assert_eq!(e.kind(), "unavailable");
+            let info = cb_host::api::ErrorInfo::from(&e);
+            assert_eq!((info.code.as_str(), info.status()), ("unavailable", 503));
+            assert!(e.to_string().contains("loading"), "{e}");
+        }
+        other => panic!("expected `unavailable` (plugin loading): {other:?}"),
+    }
+    assert_eq!(
+        stream_state(host.client(), "CB_TEST").await,
+        before,
+        "nothing stored"
+    );
+    host.plugins_loaded().await.unwrap();
+    let fired = host.fire(FireRequest::new(wf, t.id, id("go"))).await.unwrap();
+    assert_eq!(fired.token.place, "b");
 }

@@ -22,6 +22,7 @@ const GUESTS: &[&str] = &[
     "py-amount-limit",
     "py-auto-advance",
     "js-require-fields",
+    "js-auto-advance",
     "py-spin",
     "js-hog",
 ];

@@ -35,7 +35,7 @@ fn transition(k: usize) -> &'static str {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut b = common::Bench::new("api", 2);
+    let mut b = common::Bench::new("api", 4);
     let quick = b.quick;
     let n1 = if quick { 200 } else { 1500 };
     let window = if quick {
@@ -263,6 +263,84 @@ async fn main() -> anyhow::Result<()> {
         op,
         Raw,
         "host.fire in-process (same run, in alternating slices)",
+        inproc,
+        inproc_t,
+    );
+    b.section("create: 64 in flight");
+    let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
+        (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
+    let mut made = 0usize;
+    for slice_no in 0..SLICES {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (api, data) = (api.clone(), data.clone());
+                tokio::spawn(async move {
+                    let (mut lat, mut k) = (Vec::new(), 0usize);
+                    while t0.elapsed() < slice {
+                        let s = Instant::now();
+                        let r: Result<Value, _> = api
+                            .call(
+                                "token.create",
+                                &json!({"workflow": "bench", "id": format!("n{slice_no}-{i}-{k}"), "data": data}),
+                            )
+                            .await;
+                        r.expect("create over the API");
+                        k += 1;
+                        lat.push(s.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        for t in tasks {
+            let lat = t.await?;
+            made += lat.len();
+            ours.extend(lat);
+        }
+        ours_t += t0.elapsed();
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (host, data) = (host.clone(), data.clone());
+                tokio::spawn(async move {
+                    let (mut lat, mut k) = (Vec::new(), 0usize);
+                    while t0.elapsed() < slice {
+                        let s = Instant::now();
+                        host.create_token(
+                            &id("bench"),
+                            Some(id(&format!("h{slice_no}-{i}-{k}"))),
+                            data.clone(),
+                            Default::default(),
+                            None,
+                        )
+                        .await
+                        .expect("create in-process");
+                        k += 1;
+                        lat.push(s.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        for t in tasks {
+            inproc.extend(t.await?);
+        }
+        inproc_t += t0.elapsed();
+    }
+    eprintln!("{made} tokens created over the API");
+    let op = "token create via the service API, 64 in flight";
+    b.record(
+        op,
+        Ours,
+        "token.create over NATS (ApiClient, its own connection)",
+        ours,
+        ours_t,
+    );
+    b.record(
+        op,
+        Raw,
+        "host.create_token in-process (same run, in alternating slices)",
         inproc,
         inproc_t,
     );

@@ -269,6 +269,24 @@ const FLOORS: &[Floor] = &[
     ),
     Floor {
         issue: 19,
+        op: "token create via the service API, 1 in flight",
+        ours: "token.create over NATS",
+        rule: Rule::PlusOf {
+            raw: "in-process",
+            plus_us: 300.0,
+        },
+    },
+    Floor {
+        issue: 19,
+        op: "token create via the service API, 64 in flight",
+        ours: "token.create over NATS",
+        rule: Rule::ThroughputOf {
+            raw: "in-process",
+            factor: 0.8,
+        },
+    },
+    Floor {
+        issue: 19,
         op: "fire with one guard via the service API, 1 in flight",
         ours: "token.fire over NATS",
         rule: Rule::PlusOf {

@@ -110,7 +110,7 @@ enum Command {
 struct ServeArgs {
     /// TOML file with any of: nats_url, data_dir, prefix, stream, replicas,
     /// storage, plugins, definitions, nats_server_bin, action_ack_wait_ms,
-    /// max_in_flight. Flags and env win.
+    /// max_in_flight, http, metrics. Flags and env win.
     #[arg(long, env = "CB_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -143,6 +143,14 @@ struct ServeArgs {
     /// answered `busy` at once. Default 1024.
     #[arg(long, env = "CB_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
+    /// Serve the HTTP API (`/v1/...`, and `/metrics`) on this address,
+    /// e.g. 127.0.0.1:8080. Off unless given.
+    #[arg(long, env = "CB_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// Serve only the Prometheus metrics (`/metrics`) on this address,
+    /// e.g. an operators' port apart from the API's.
+    #[arg(long, env = "CB_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
     #[arg(skip)]
     nats_url: Option<String>,
     #[arg(skip)]
@@ -311,6 +319,10 @@ enum TokenCmd {
         /// A retry with the same key returns the original completion.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Complete only if the token is still at this revision (else
+        /// `conflict`, exit 4).
+        #[arg(long)]
+        if_revision: Option<u64>,
     },
 }
 
@@ -774,6 +786,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
                                 id: id(t, "token id")?,
                                 actor: None,
                                 idempotency_key: None,
+                                expected_revision: None,
                             },
                         )
                         .await?;
@@ -836,6 +849,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
                         id: id(t, "token id")?,
                         actor: None,
                         idempotency_key: None,
+                        expected_revision: None,
                     },
                 )
                 .await?;
@@ -885,6 +899,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
                         id: id(t, "token id")?,
                         actor: None,
                         idempotency_key: None,
+                        expected_revision: None,
                     },
                 )
                 .await?;
@@ -909,6 +924,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
             workflow,
             actor,
             idempotency_key,
+            if_revision,
         }) => {
             let r: CompleteReply = api
                 .call(
@@ -918,6 +934,7 @@ async fn client_command(cli: &Cli, out: Out) -> anyhow::Result<()> {
                         id: id(t, "token id")?,
                         actor: actor.clone(),
                         idempotency_key: idempotency_key.clone(),
+                        expected_revision: *if_revision,
                     },
                 )
                 .await?;
@@ -963,6 +980,8 @@ fn serve_settings(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ServeArgs> {
         storage: args.storage.clone().or(file.storage),
         action_ack_wait_ms: args.action_ack_wait_ms.or(file.action_ack_wait_ms),
         max_in_flight: args.max_in_flight.or(file.max_in_flight),
+        http: args.http.or(file.http),
+        metrics: args.metrics.or(file.metrics),
         nats_url: cli.nats_url.clone().or(file.nats_url),
         data_dir: cli.data_dir.clone().or(file.data_dir),
         prefix: cli.prefix.clone().or(file.prefix),
@@ -1036,7 +1055,26 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         if let Some(n) = s.max_in_flight {
             api.max_in_flight = n;
         }
+        let max_in_flight = api.max_in_flight;
         let serving = cb_host::serve(&host, cb_host::ServeConfig { api, dispatcher }).await?;
+        let mut http_servers = Vec::new();
+        for (listen, metrics_only) in [(s.http, false), (s.metrics, true)] {
+            if let Some(listen) = listen {
+                let config = cb_host::api::HttpConfig {
+                    listen,
+                    max_in_flight,
+                    metrics_only,
+                    ..Default::default()
+                };
+                let server = cb_host::api::serve_http(&host, config).await?;
+                tracing::info!(
+                    addr = %server.local_addr(),
+                    "{}",
+                    if metrics_only { "metrics at /metrics" } else { "HTTP API at /v1, metrics at /metrics" }
+                );
+                http_servers.push(server);
+            }
+        }
         tracing::info!(
             nats = %cb_host::redact_credentials(&url),
             "cb-host serving; Ctrl-C or SIGTERM to stop"
@@ -1055,6 +1093,9 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             },
         };
         tracing::info!("shutting down: finishing requests and actions in progress");
+        for server in http_servers {
+            server.stop().await;
+        }
         serving.shutdown().await;
         if let Some(e) = failed {
             return Err(anyhow::Error::new(e).context("a plugin failed to load"));

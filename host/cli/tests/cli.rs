@@ -392,24 +392,26 @@ fn keyed_cli_writes_can_be_repeated() {
 }
 
 #[test]
-fn serve_answers_while_a_big_plugin_compiles_and_a_firing_waits_for_it() {
+fn serve_answers_while_big_plugins_compile_and_a_firing_waits_for_them() {
     let server = NatsServer::start();
     let url = server.url();
     let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        cb_test_plugins::PY_AMOUNT_LIMIT,
-        plugins.path().join("py-amount-limit.wasm"),
-    )
-    .unwrap();
+    for (path, name) in [
+        (cb_test_plugins::PY_AMOUNT_LIMIT, "py-amount-limit"),
+        (cb_test_plugins::JS_REQUIRE_FIELDS, "js-require-fields"),
+    ] {
+        std::fs::copy(path, plugins.path().join(format!("{name}.wasm"))).unwrap();
+    }
     let defs = tempfile::tempdir().unwrap();
     std::fs::write(
         defs.path().join("py.json"),
         r#"{"id": "py", "places": ["a", "b"], "initial_place": "a", "transitions": [
-            {"id": "go", "from": ["a"], "to": "b", "guards": [{"plugin": "py-amount-limit", "config": {"max": 10}}]}]}"#,
+            {"id": "go", "from": ["a"], "to": "b", "guards": [{"plugin": "py-amount-limit", "config": {"max": 10}},
+                                                               {"plugin": "js-require-fields", "config": {"fields": ["/amount"]}}]}]}"#,
     )
     .unwrap();
-    // An empty compile cache: the 18 MB Python component compiles for
-    // seconds after the host starts.
+    // An empty compile cache: the 18 MB Python and 12 MB JavaScript
+    // components compile for seconds after the host starts.
     let cache = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let _serve = support::Serve(
@@ -432,7 +434,7 @@ fn serve_answers_while_a_big_plugin_compiles_and_a_firing_waits_for_it() {
     assert_eq!(
         listed,
         serde_json::json!([]),
-        "answered after {answered:?}, before the plugin loaded"
+        "answered after {answered:?}, before the plugins loaded"
     );
     json_of(&cli(
         &url,
@@ -447,14 +449,30 @@ fn serve_answers_while_a_big_plugin_compiles_and_a_firing_waits_for_it() {
             r#"{"amount": 5}"#,
         ],
     ));
-    // The firing waits for the plugin to finish compiling.
-    let fired = json_of(&cli(
-        &url,
-        &["--json", "--timeout-ms", "120000", "token", "fire", "p1", "go"],
-    ));
+    // The firing waits for both plugins to finish compiling, up to the
+    // engine's bound; past it the answer is `unavailable` ("still
+    // loading"), which a client retries (on a loaded machine compiling
+    // both can take longer than the bound).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let fired = loop {
+        let out = cli(
+            &url,
+            &["--json", "--timeout-ms", "120000", "token", "fire", "p1", "go"],
+        );
+        if out.status.success() {
+            break json_of(&out);
+        }
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            said.contains("\"unavailable\"") && said.contains("still loading"),
+            "only `unavailable` (loading) may come before the plugins loaded: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(Instant::now() < deadline, "the plugins never loaded");
+    };
     assert_eq!(fired["token"]["place"], "b");
     eprintln!(
-        "serve answered after {answered:?}; the firing that needed the plugin took {:?} in all",
+        "serve answered after {answered:?}; the firing that needed the plugins took {:?} in all",
         started.elapsed()
     );
 }
@@ -674,4 +692,99 @@ fn workflow_check_and_diagram_judge_and_draw_the_net() {
     assert_ne!(m, c, "a token's marking and the counts are drawn differently");
     let initial = String::from_utf8_lossy(&mermaid.stdout).to_string();
     assert_ne!(m, initial, "the token's marking is not the initial one");
+}
+
+#[test]
+fn plugin_precompile_fills_the_cache_and_workflow_pin_pins_each_build() {
+    let plugins = plugin_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let precompile = |dir: &Path| {
+        Command::new(BIN)
+            .args(["--json", "plugin", "precompile"])
+            .arg(dir)
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let first = json_of(&precompile(plugins.path()));
+    let first = first.as_array().unwrap();
+    assert_eq!(first.len(), 4, "{first:?}");
+    assert!(first.iter().all(|p| p["compiled"] == true), "{first:?}");
+    // Deployed with the same cache, nothing compiles again.
+    let again = json_of(&precompile(plugins.path()));
+    assert!(
+        again.as_array().unwrap().iter().all(|p| p["compiled"] == false),
+        "{again}"
+    );
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("evil.wasm"), b"\0asm junk").unwrap();
+    let out = precompile(broken.path());
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("evil"), "{said}");
+
+    // Pin: every reference gets the digest of the build in the directory.
+    let defs = tempfile::tempdir().unwrap();
+    let file = defs.path().join("expense.json");
+    std::fs::copy(root().join("examples/workflows/expense-approval.json"), &file).unwrap();
+    let nowhere = "nats://127.0.0.1:1";
+    let args = |write: bool| {
+        let mut a = vec![
+            "workflow".to_string(),
+            "pin".into(),
+            file.display().to_string(),
+            "--plugins".into(),
+            plugins.path().display().to_string(),
+        ];
+        if write {
+            a.push("--write".into());
+        }
+        a
+    };
+    let printed = cli(
+        nowhere,
+        &args(false).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let def: Value = serde_json::from_slice(&printed.stdout).unwrap();
+    let digest_of = |name: &str| {
+        cb_host::plugin::digest_of(&std::fs::read(plugins.path().join(format!("{name}.wasm"))).unwrap())
+    };
+    let mut pinned = 0;
+    for t in def["transitions"].as_array().unwrap() {
+        for r in t["guards"]
+            .as_array()
+            .into_iter()
+            .chain(t["actions"].as_array())
+            .flatten()
+        {
+            assert_eq!(r["digest"], digest_of(r["plugin"].as_str().unwrap()), "{r}");
+            pinned += 1;
+        }
+    }
+    assert!(pinned >= 2, "{def}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(root().join("examples/workflows/expense-approval.json")).unwrap(),
+        "without --write the file is left alone"
+    );
+    let out = cli(
+        nowhere,
+        &args(true).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written, def, "--write stores what was printed");
+    // A missing build is an error naming it.
+    std::fs::remove_file(plugins.path().join("amount-limit.wasm")).unwrap();
+    let out = cli(
+        nowhere,
+        &args(false).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("amount-limit"));
 }

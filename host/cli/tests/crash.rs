@@ -300,9 +300,11 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
                "idempotency_key": format!("create-{i}")})
     };
     let fire = |i: usize| json!({"id": format!("r{i}"), "transition": "submit", "idempotency_key": format!("submit-{i}")});
-    // What each request's first attempt answered (create, fire), if it did.
-    type Answers = Vec<(Option<Value>, Option<Value>)>;
-    let first: Arc<Mutex<Answers>> = Arc::new(Mutex::new(vec![(None, None); 24]));
+    let complete = |i: usize| json!({"id": format!("r{i}"), "idempotency_key": format!("complete-{i}")});
+    // What each request's first attempt answered (create, fire, complete),
+    // if it did.
+    type Answers = Vec<(Option<Value>, Option<Value>, Option<Value>)>;
+    let first: Arc<Mutex<Answers>> = Arc::new(Mutex::new(vec![(None, None, None); 24]));
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let (api, first) = (api.clone(), first.clone());
@@ -311,15 +313,19 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
                     return;
                 };
                 first.lock().await[i].0 = Some(c);
-                if let Ok(f) = api.call::<_, Value>("token.fire", &fire(i)).await {
-                    first.lock().await[i].1 = Some(f);
+                let Ok(f) = api.call::<_, Value>("token.fire", &fire(i)).await else {
+                    return;
+                };
+                first.lock().await[i].1 = Some(f);
+                if let Ok(d) = api.call::<_, Value>("token.complete", &complete(i)).await {
+                    first.lock().await[i].2 = Some(d);
                 }
             })
         })
         .collect();
     // Kill the host with requests in flight.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while first.lock().await.iter().filter(|(c, _)| c.is_some()).count() < 6 {
+    while first.lock().await.iter().filter(|(c, _, _)| c.is_some()).count() < 6 {
         assert!(Instant::now() < deadline, "no creates answered");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -330,7 +336,7 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
     let answered = first.lock().await.clone();
     let unanswered = answered
         .iter()
-        .filter(|(c, f)| c.is_none() || f.is_none())
+        .filter(|(c, f, d)| c.is_none() || f.is_none() || d.is_none())
         .count();
 
     // Another host; every request retried with its key.
@@ -347,7 +353,7 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
         .await
         .unwrap();
     let wf = id("expense-approval");
-    for (i, (c0, f0)) in answered.iter().enumerate() {
+    for (i, (c0, f0, d0)) in answered.iter().enumerate() {
         let c: Value = api
             .call("token.create", &create(i))
             .await
@@ -369,6 +375,16 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
                 "r{i}: the original firing"
             );
         }
+        let d: Value = api
+            .call("token.complete", &complete(i))
+            .await
+            .unwrap_or_else(|e| panic!("r{i} complete: {e}"));
+        if let Some(d0) = d0 {
+            assert_eq!(
+                d["event_sequence"], d0["event_sequence"],
+                "r{i}: the original completion"
+            );
+        }
         let h = client
             .history(Some(&wf), &id(&format!("r{i}")), None, 100)
             .await
@@ -382,8 +398,18 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
             .iter()
             .filter(|e| matches!(&e.kind, EventKind::Transition { transition, .. } if transition == "submit"))
             .count();
-        assert_eq!((created, submits), (1, 1), "r{i}: each request happened once");
+        let completed = h
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Completed { .. }))
+            .count();
+        assert_eq!(
+            (created, submits, completed),
+            (1, 1, 1),
+            "r{i}: each request happened once"
+        );
         assert_eq!(f["token"]["place"], "submitted");
     }
-    eprintln!("{unanswered} of 24 request pairs were cut off by kill -9; every retry found its one outcome");
+    eprintln!(
+        "{unanswered} of 24 create-fire-complete runs were cut off by kill -9; every retry found its one outcome"
+    );
 }

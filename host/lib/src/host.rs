@@ -637,12 +637,28 @@ impl Host {
         actor: Option<String>,
         key: Option<&str>,
     ) -> Result<u64, HostError> {
+        self.complete_expecting(workflow, token, actor, key, None).await
+    }
+
+    /// [`complete_keyed`](Self::complete_keyed), only if the token is still
+    /// at `expected_revision` (when given; `Conflict` otherwise).
+    pub async fn complete_expecting(
+        &self,
+        workflow: Option<&Id>,
+        token: &Id,
+        actor: Option<String>,
+        key: Option<&str>,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, HostError> {
         let workflow = match workflow {
             Some(w) => w.clone(),
             // Also finds a token a retry already completed.
             None => self.engine.store().reader().token_workflow(token).await?,
         };
-        Ok(self.engine.complete_keyed(&workflow, token, actor, key).await?)
+        Ok(self
+            .engine
+            .complete_expecting(&workflow, token, actor, key, expected_revision)
+            .await?)
     }
 
     /// The loaded plugins.

@@ -50,6 +50,7 @@
 pub mod api;
 pub mod engine;
 mod host;
+pub mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod store;

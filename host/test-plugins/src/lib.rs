@@ -21,6 +21,7 @@ pub const GUESTS: &[(&str, &str)] = &[
     ("py-amount-limit", PY_AMOUNT_LIMIT),
     ("py-auto-advance", PY_AUTO_ADVANCE),
     ("js-require-fields", JS_REQUIRE_FIELDS),
+    ("js-auto-advance", JS_AUTO_ADVANCE),
     ("py-spin", PY_SPIN),
     ("js-hog", JS_HOG),
 ];

@@ -8,10 +8,14 @@
 //! `{"error": {"code", "message", "denials"?}}`; see [`ErrorBody`].
 
 mod client;
+#[cfg(feature = "http")]
+mod http;
 mod server;
 mod wire;
 
 pub use client::{ApiClient, ApiError};
+#[cfg(feature = "http")]
+pub use http::{HttpConfig, HttpServer, serve_http};
 pub use server::{ApiConfig, HEADER_TEXT, ServeConfig, Service, Serving, serve, start_service};
 pub use wire::{
     CommitCounters, CompleteReply, ENDPOINTS, EnabledReply, ErrorBody, ErrorInfo, HostStats, MAX_ERROR_TEXT,

@@ -110,11 +110,22 @@ pub async fn serve(host: &Host, config: ServeConfig) -> Result<Serving, HostErro
     Ok(Serving { service, dispatcher })
 }
 
-/// What every request handler shares.
-struct Api {
+/// What every request handler shares, whichever transport it serves.
+pub(crate) struct Api {
     host: Host,
     /// The reply budget: the server's `max_payload` less room for headers.
+    /// The HTTP API uses the same, so both cut pages alike.
     budget: usize,
+}
+
+impl Api {
+    pub(crate) fn new(host: Host) -> Api {
+        let max_payload = host.client().server_info().max_payload;
+        Api {
+            budget: max_payload.saturating_sub(REPLY_ROOM).max(1024),
+            host,
+        }
+    }
 }
 
 /// Starts the service API alone for `host` on its NATS connection.
@@ -130,11 +141,7 @@ pub async fn start_service(host: Host, config: ApiConfig) -> Result<Service, Hos
     let group = service.group(&prefix);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let max_payload = host.client().server_info().max_payload;
-    let api = Arc::new(Api {
-        budget: max_payload.saturating_sub(REPLY_ROOM).max(1024),
-        host,
-    });
+    let api = Arc::new(Api::new(host));
     let admission = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     for name in ENDPOINTS {
         // Named after its subject, so `$SRV.STATS` names what a client calls.
@@ -162,6 +169,8 @@ pub async fn start_service(host: Host, config: ApiConfig) -> Result<Service, Hos
                             }
                             // Over the limit: answered now, never queued.
                             Err(_) => {
+                                crate::metrics::metrics().api_busy.inc();
+                                crate::metrics::api_request(name, "busy", "nats");
                                 let info = ErrorInfo::new(
                                     "busy",
                                     format!("the host has {} requests in progress; retry shortly", config.max_in_flight),
@@ -192,7 +201,10 @@ pub(crate) fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ErrorInfo>
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        ErrorInfo::new("invalid", format!("invalid request at `{path}`: {}", e.inner()))
+        ErrorInfo::new(
+            "invalid",
+            format!("invalid request at `{path}`: {}", without_position(e.inner())),
+        )
     })?;
     de.end().map_err(|e| {
         ErrorInfo::new(
@@ -201,6 +213,19 @@ pub(crate) fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ErrorInfo>
         )
     })?;
     Ok(value)
+}
+
+/// serde_json's message without its " at line L column C": the path names
+/// the field, and the position would differ between two spellings of the
+/// same request (the HTTP API builds its JSON from the path and query), so
+/// the same request gets the same answer over either transport.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(t) if e.line() > 0 => t.to_string(),
+        _ => text,
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ErrorInfo> {
@@ -253,26 +278,52 @@ fn fit_page<T: Serialize>(
 
 /// The request's idempotency key: the body's, else the `Idempotency-Key`
 /// header's (both given and different: `invalid`).
-fn key(body: Option<String>, req: &Request) -> Result<Option<String>, ErrorInfo> {
-    let header = req
-        .message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Idempotency-Key"))
-        .map(|v| v.as_str().to_string());
+fn key(body: Option<String>, header: Option<&str>) -> Result<Option<String>, ErrorInfo> {
     match (body, header) {
         (Some(b), Some(h)) if b != h => Err(ErrorInfo::new(
             "invalid",
             "the idempotency_key of the body and the Idempotency-Key header differ",
         )),
-        (b, h) => Ok(b.or(h)),
+        (b, h) => Ok(b.or(h.map(str::to_string))),
     }
 }
 
+/// One request to the API, from whichever transport carried it.
+pub(crate) struct Call<'a> {
+    /// The body: one JSON value (or empty).
+    pub(crate) payload: &'a [u8],
+    /// The `Idempotency-Key` header, if the transport had one.
+    pub(crate) idempotency_key: Option<&'a str>,
+}
+
 impl Api {
-    async fn dispatch(&self, name: &str, req: &Request) -> Result<Bytes, ErrorInfo> {
+    /// [`dispatch`](Self::dispatch), counted in the metrics (in flight,
+    /// and by endpoint, code and `transport`).
+    pub(crate) async fn answer(
+        &self,
+        name: &str,
+        call: Call<'_>,
+        transport: &str,
+    ) -> Result<Bytes, ErrorInfo> {
+        let m = crate::metrics::metrics();
+        m.api_in_flight.inc();
+        let r = self.dispatch(name, call).await;
+        m.api_in_flight.dec();
+        let code = match &r {
+            Ok(_) => "ok",
+            Err(info) => info.code.as_str(),
+        };
+        crate::metrics::api_request(name, code, transport);
+        r
+    }
+
+    /// Answers one request: the reply body, or the typed error. The NATS
+    /// service and the HTTP API both call this, so validation, limits and
+    /// error mapping are written once.
+    pub(crate) async fn dispatch(&self, name: &str, call: Call<'_>) -> Result<Bytes, ErrorInfo> {
         let host = &self.host;
-        let payload: &[u8] = &req.message.payload;
+        let payload = call.payload;
+        let req = call.idempotency_key;
         let e = |e: HostError| ErrorInfo::from(&e);
         let ok = |v: Vec<u8>| Ok(Bytes::from(v));
         match name {
@@ -362,7 +413,13 @@ impl Api {
                 let r: TokenRef = parse(payload)?;
                 let k = key(r.idempotency_key, req)?;
                 let event_sequence = host
-                    .complete_keyed(r.workflow.as_ref(), &r.id, r.actor, k.as_deref())
+                    .complete_expecting(
+                        r.workflow.as_ref(),
+                        &r.id,
+                        r.actor,
+                        k.as_deref(),
+                        r.expected_revision,
+                    )
                     .await
                     .map_err(e)?;
                 ok(encode(&CompleteReply { event_sequence })?)
@@ -382,7 +439,17 @@ impl Api {
     }
 
     async fn handle(&self, name: &str, req: Request) {
-        match self.dispatch(name, &req).await {
+        let header = req
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Idempotency-Key"))
+            .map(|v| v.as_str().to_string());
+        let call = Call {
+            payload: &req.message.payload,
+            idempotency_key: header.as_deref(),
+        };
+        match self.answer(name, call, "nats").await {
             Ok(body) if body.len() <= self.budget => {
                 if let Err(e) = req.respond(Ok(body)).await {
                     tracing::warn!(endpoint = name, error = %e, "could not reply");

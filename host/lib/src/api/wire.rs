@@ -76,6 +76,10 @@ pub struct TokenRef {
     /// `completed` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// For `complete`: complete only if the token is still at this
+    /// revision (else `conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_revision: Option<u64>,
 }
 
 /// `token.list`.

@@ -236,7 +236,10 @@ async fn settle_failure(
     )
     .await
     {
-        Ok(()) => delivery.ack().await,
+        Ok(()) => {
+            crate::metrics::metrics().action_failures.inc();
+            delivery.ack().await
+        }
         Err(e) => {
             let delay = backoff(config, delivery.delivered);
             tracing::error!(seq = delivery.sequence, error = %e, ?delay, "could not record the action failure; the event will come back");

@@ -439,7 +439,13 @@ impl Engine {
             let _turn = self.inner.locks.lock(&req.workflow, &req.token).await;
             self.fire_inner(&req).await
         };
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let took = started.elapsed();
+        let ms = took.as_secs_f64() * 1e3;
+        let outcome = match &result {
+            Ok(_) => "fired",
+            Err(e) => e.kind(),
+        };
+        crate::metrics::firing(req.workflow.as_str(), req.transition.as_str(), outcome, took);
         match &result {
             Ok(f) => tracing::info!(
                 workflow = %req.workflow, token = %req.token, transition = %req.transition,
@@ -691,6 +697,20 @@ impl Engine {
         actor: Option<String>,
         key: Option<&str>,
     ) -> Result<u64, FireError> {
+        self.complete_expecting(workflow, token, actor, key, None).await
+    }
+
+    /// [`complete_keyed`](Self::complete_keyed), only if the token is still
+    /// at `expected_revision` (when given): a compare-and-swap on the
+    /// revision the caller saw, `Conflict` otherwise.
+    pub async fn complete_expecting(
+        &self,
+        workflow: &Id,
+        token: &Id,
+        actor: Option<String>,
+        key: Option<&str>,
+        expected_revision: Option<u64>,
+    ) -> Result<u64, FireError> {
         let _turn = self.inner.locks.lock(workflow, token).await;
         #[derive(Serialize)]
         struct Digest<'a> {
@@ -735,6 +755,14 @@ impl Engine {
             }
             other => other?,
         };
+        if let Some(expected) = expected_revision
+            && t.revision != expected
+        {
+            return Err(FireError::Conflict {
+                token: token.clone(),
+                attempts: 1,
+            });
+        }
         self.forget(workflow, token);
         match self
             .inner

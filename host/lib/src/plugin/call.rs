@@ -341,7 +341,28 @@ impl Plugin {
 
     /// Runs `job` on the plugin threads (or in this task when the runtime
     /// has none), holding one of the runtime's call slots.
+    /// [`call_inner`](Self::call_inner), counted in the metrics.
     async fn call(
+        &self,
+        job: Job,
+        source: Arc<dyn TokenSource>,
+        fired_at: OffsetDateTime,
+        seed: String,
+        workflow: Id,
+    ) -> Result<Outcome<Returned>, PluginError> {
+        let started = std::time::Instant::now();
+        let r = self.call_inner(job, source, fired_at, seed, workflow).await;
+        let world = self.world.to_string();
+        match &r {
+            Ok(o) => crate::metrics::plugin_call(&self.caller.name, &world, o.duration, o.fuel_used, None),
+            Err(e) => {
+                crate::metrics::plugin_call(&self.caller.name, &world, started.elapsed(), 0, Some(e.kind()))
+            }
+        }
+        r
+    }
+
+    async fn call_inner(
         &self,
         job: Job,
         source: Arc<dyn TokenSource>,

@@ -292,6 +292,7 @@ impl PluginRuntime {
             },
         };
         tracing::debug!(plugin = name, %digest, %world, ?source, ?load_time, "plugin loaded");
+        crate::metrics::plugin_loaded(name, load_time);
         Ok(Plugin::new(
             self.clone(),
             name,

@@ -106,6 +106,14 @@ impl Deliveries {
                     Ok(info) => {
                         let (sequence, delivered, stored_at) =
                             (info.stream_sequence, info.delivered, info.published);
+                        let m = crate::metrics::metrics();
+                        m.action_deliveries.inc();
+                        if delivered > 1 {
+                            m.action_redeliveries.inc();
+                        }
+                        // Events still to deliver after this one: the
+                        // dispatcher's lag, as of this delivery.
+                        m.action_pending.set(info.pending as i64);
                         return Some(Delivery {
                             msg,
                             sequence,

@@ -175,6 +175,7 @@ struct Counters {
 
 impl Counters {
     fn record(&self, writes: usize, messages: u64, waited: Duration) {
+        crate::metrics::commit(writes, waited);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
         self.messages.fetch_add(messages, Ordering::Relaxed);
