@@ -362,6 +362,19 @@ async fn a_retry_with_the_same_key_returns_the_original_outcome() {
         .await
         .unwrap();
     assert_eq!(c1, c2);
+    // A firing retried after its token completed (the first attempt's
+    // answer lost, say) still finds its one outcome, though no live token
+    // names its workflow any more (the request names none).
+    let f3: Value = t
+        .api
+        .call(
+            "token.fire",
+            &json!({ "id": "k1", "transition": "go", "idempotency_key": "fire-1" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f1["event_sequence"], f3["event_sequence"]);
+    assert_eq!(t.transitions("flow", "k1", "go").await, 1);
     // Apply.
     let changed = FLOW.replace(
         r#""id": "on", "from": ["b"]"#,

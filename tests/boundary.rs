@@ -38,10 +38,19 @@ fn host_log() -> &'static Mutex<Vec<u8>> {
                 Ok(())
             }
         }
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(|| W)
+        // As the binary logs: events only, not the spans around them
+        // (spans go to the trace exporter).
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| W)
+                    .with_filter(EnvFilter::new("info").and(filter_fn(|m| m.is_event()))),
+            )
             .try_init();
         Mutex::new(Vec::new())
     })

@@ -480,7 +480,14 @@ async fn a_server_restart_mid_firing_gives_success_or_a_typed_error_never_a_wron
     for (i, t) in tasks.into_iter().enumerate() {
         match t.await.unwrap() {
             Ok(f) => ok.push((i, f.token.revision)),
-            Err(FireError::Unavailable(_) | FireError::Conflict { .. } | FireError::NotEnabled { .. }) => {}
+            // Indeterminate: the commit left and no answer came before the
+            // kill; whether it landed is what the checks below read.
+            Err(
+                FireError::Unavailable(_)
+                | FireError::Indeterminate(_)
+                | FireError::Conflict { .. }
+                | FireError::NotEnabled { .. },
+            ) => {}
             Err(other) => panic!("r{i}: unexpected {other}"),
         }
     }

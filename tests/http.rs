@@ -2,7 +2,8 @@
 //! nats-server: every endpoint, HTTP's conventions (ETag / If-Match,
 //! Idempotency-Key, problem+json, Link pagination, body limits,
 //! Retry-After), the same answers as the NATS service API, and
-//! Prometheus metrics that count exactly what happened.
+//! Prometheus metrics that count exactly what happened. Every response
+//! read here is also validated against the OpenAPI document.
 
 mod common;
 
@@ -103,15 +104,74 @@ fn config_store() -> cb_host::store::StoreConfig {
     config()
 }
 
-/// Status, headers and JSON body of a response.
+/// The OpenAPI document the host serves.
+static SPEC: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| serde_json::from_str(&cb_host::api::openapi_json()).unwrap());
+
+/// Checks a response against the document: some operation on a path
+/// template matching `path` declares `status` with this content type, and
+/// the body is valid against its schema.
+fn conforms(path: &str, status: StatusCode, content_type: &str, body: &Value) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        t.len() == segments.len()
+            && t.iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+    };
+    let paths = SPEC["paths"].as_object().unwrap();
+    let fallback = status == StatusCode::NOT_FOUND
+        && body["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("no such resource"));
+    if fallback || !paths.keys().any(|t| matches(t)) {
+        return; // not a route (here): the fallback's 404
+    }
+    let mut declared = Vec::new();
+    for (template, ops) in paths.iter().filter(|(t, _)| matches(t)) {
+        for (method, op) in ops.as_object().unwrap() {
+            let Some(content) = op["responses"][status.as_str()]["content"].as_object() else {
+                continue;
+            };
+            let Some(media) = content.get(content_type) else {
+                continue;
+            };
+            let root = json!({ "components": SPEC["components"], "allOf": [media["schema"]] });
+            let validator = jsonschema::draft202012::new(&root).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(body)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            if errors.is_empty() {
+                return;
+            }
+            declared.push(format!("{method} {template}: {errors:?}"));
+        }
+    }
+    panic!(
+        "{path} answered {status} ({content_type}) {body}, which the OpenAPI document does not allow: {declared:?}"
+    );
+}
+
+/// Status, headers and JSON body of a response, checked against the
+/// OpenAPI document.
 async fn read(r: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     let (status, headers) = (r.status(), r.headers().clone());
+    let path = r.url().path().to_string();
     let text = r.text().await.unwrap();
     let body = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     };
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    if path != "/metrics" && path.starts_with("/v1/") {
+        conforms(&path, status, &content_type, &body);
+    }
     (status, headers, body)
 }
 
@@ -553,5 +613,25 @@ async fn metrics_count_exactly_the_firings_made() {
     let r = c.get(format!("{base}/v1/workflows")).send().await.unwrap();
     problem(r, StatusCode::NOT_FOUND, "not-found").await;
     only.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_and_checked_in() {
+    let t = Target::start(HttpConfig::default()).await;
+    let r = t.client.get(t.url("/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let served = r.text().await.unwrap();
+    assert_eq!(served, cb_host::api::openapi_json());
+    let checked_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    if std::env::var_os("CB_BLESS").is_some() {
+        std::fs::write(&checked_in, &served).unwrap();
+    }
+    let file = std::fs::read_to_string(&checked_in).unwrap_or_default();
+    assert!(
+        file == served,
+        "docs/openapi.json is not the document the host serves; regenerate it with \
+         `CB_BLESS=1 cargo test --test http the_openapi_document` and commit it"
+    );
     t.stop().await;
 }

@@ -21,6 +21,11 @@ fn runtime() -> (PluginRuntime, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
     let rt = PluginRuntime::new(RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
+        // These tests compile their plugins on the test threads, in
+        // parallel with each other's calls. At the default niceness a
+        // guest would wait for those compiles and a wall-clock deadline
+        // would measure the wait, not the guest.
+        plugin_thread_nice: 0,
         ..Default::default()
     })
     .unwrap();
@@ -332,6 +337,12 @@ async fn each_hostile_plugin_gets_its_typed_error_within_its_limit_and_the_next_
     ));
     check_good().await;
 
+    // Each of these is stopped by its own limit; the deadline is not the
+    // subject, so it is generous.
+    let bad = bad.with_limits(PluginLimits {
+        deadline: Duration::from_secs(5),
+        ..limits
+    });
     let e = misbehave(&bad, "memory").await.unwrap_err();
     assert!(
         matches!(e, PluginError::MemoryLimit { limit_bytes, .. } if limit_bytes == 16 << 20),
@@ -359,11 +370,6 @@ async fn each_hostile_plugin_gets_its_typed_error_within_its_limit_and_the_next_
     // Output is captured into the log, capped by the log budget; writes
     // past it are accepted and dropped (8 MiB of them: a longer deadline).
     let out = bad
-        .clone()
-        .with_limits(PluginLimits {
-            deadline: Duration::from_secs(5),
-            ..limits
-        })
         .evaluate(&guard_input(json!({}), json!({"do": "output"})), empty())
         .await
         .unwrap();
@@ -375,6 +381,7 @@ async fn each_hostile_plugin_gets_its_typed_error_within_its_limit_and_the_next_
 
     // A log flood is bounded by the budget (and by the deadline).
     match bad
+        .with_limits(limits)
         .evaluate(&guard_input(json!({}), json!({"do": "log-flood"})), empty())
         .await
     {

@@ -1,12 +1,17 @@
 //! The service API, which is what users call: create and fire through
-//! `cb.api.*` (an `ApiClient` on a connection of its own) at 1 and 64 in
-//! flight, next to the same operations in-process on the same host, in
-//! the same run (interleaved at 1 in flight, in alternating slices at 64).
+//! `cb.api.*` (an `ApiClient` on a connection of its own) and fire over the
+//! HTTP API (a keep-alive reqwest client) at 1 and 64 in flight, next to
+//! the same operations in-process on the same host, in the same run
+//! (interleaved at 1 in flight, in alternating slices at 64); and fire over
+//! NATS at 64 in flight with metrics recording and OpenTelemetry tracing on
+//! (every span exported through the SDK's batch processor) against both
+//! off, in slices in ABBA order.
 //! `make bench`; writes `target/bench/api.json`.
 
 #[path = "common/mod.rs"]
 mod common;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cb_host::api::ApiClient;
@@ -16,7 +21,12 @@ use cb_host::plugin::RuntimeConfig;
 use cb_host::store::StoreConfig;
 use cb_host::{Host, ServeConfig};
 use common::Role::{Ours, Raw};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde_json::{Value, json};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{Layer, reload};
 
 const SLICES: u32 = 8;
 
@@ -33,9 +43,67 @@ fn transition(k: usize) -> &'static str {
     if k.is_multiple_of(2) { "hit" } else { "back" }
 }
 
+/// Runs `op(i, k)` from 64 tasks, each for `slice`, `k` counting on from
+/// `counts[i]`; returns every latency and the wall time.
+async fn slice64<F, Fut>(slice: Duration, counts: &mut [usize], op: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (op, mut k) = (op.clone(), counts[i]);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while t0.elapsed() < slice {
+                    let s = Instant::now();
+                    op(i, k).await;
+                    k += 1;
+                    lat.push(s.elapsed());
+                }
+                (lat, k)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (lat, k) = t.await.expect("a bench task");
+        all.extend(lat);
+        counts[i] = k;
+    }
+    (all, t0.elapsed())
+}
+
+/// Tracing off: the host's spans are disabled at their callsites.
+fn tracing_off() -> Targets {
+    Targets::new()
+}
+
+/// Tracing on: every `cb_host` span, as the binary exports them.
+fn tracing_on() -> Targets {
+    Targets::new().with_target("cb_host", tracing::Level::INFO)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut b = common::Bench::new("api", 4);
+    // The same layer the binary installs, behind a filter the tracing
+    // section switches; off everywhere else. Spans go through the SDK's
+    // batch processor (its own thread) to an in-memory exporter, emptied
+    // after each slice.
+    let spans = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(spans.clone())
+        .build();
+    let (filter, tracing_switch) = reload::Layer::new(tracing_off());
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("cb-bench"))
+                .with_filter(filter),
+        ),
+    )?;
+    let mut b = common::Bench::new("api", 5);
     let quick = b.quick;
     let n1 = if quick { 200 } else { 1500 };
     let window = if quick {
@@ -67,6 +135,16 @@ async fn main() -> anyhow::Result<()> {
     host.apply_workflow(&WorkflowDefinition::parse(WF.as_bytes())?)
         .await?;
     let serving = cb_host::serve(&host, ServeConfig::default()).await?;
+    let http = cb_host::api::serve_http(
+        &host,
+        cb_host::api::HttpConfig {
+            listen: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let base = format!("http://{}", http.local_addr());
+    let web = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let api = ApiClient::new(
         async_nats::connect(server.url()).await?,
         "cb",
@@ -139,9 +217,28 @@ async fn main() -> anyhow::Result<()> {
         None,
     )
     .await?;
+    host.create_token(
+        &id("bench"),
+        Some(id("h1")),
+        data.clone(),
+        Default::default(),
+        None,
+    )
+    .await?;
     let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
         (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
+    let (mut over_http, mut over_http_t) = (Vec::new(), Duration::ZERO);
     for i in 0..n1 {
+        let s = Instant::now();
+        let r = web
+            .post(format!("{base}/v1/tokens/h1/transitions/{}", transition(i)))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "fire over HTTP: {}", r.status());
+        r.bytes().await?;
+        let e = s.elapsed();
+        over_http.push(e);
+        over_http_t += e;
         let s = Instant::now();
         let _: Value = api
             .call(
@@ -171,6 +268,21 @@ async fn main() -> anyhow::Result<()> {
         op,
         Raw,
         "host.fire in-process (same run, interleaved)",
+        inproc.clone(),
+        inproc_t,
+    );
+    let op = "fire with one guard via the HTTP API, 1 in flight";
+    b.record(
+        op,
+        Ours,
+        "POST /v1/tokens/{id}/transitions/{t} (reqwest, keep-alive)",
+        over_http,
+        over_http_t,
+    );
+    b.record(
+        op,
+        Raw,
+        "host.fire in-process (same run, interleaved)",
         inproc,
         inproc_t,
     );
@@ -191,65 +303,71 @@ async fn main() -> anyhow::Result<()> {
     let slice = window / SLICES;
     let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
         (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
+    let (mut over_http, mut over_http_t) = (Vec::new(), Duration::ZERO);
     let mut fired_api = vec![0usize; 64];
+    let mut fired_http = vec![0usize; 64];
     let mut fired_host = vec![0usize; 64];
+    for i in 0..64 {
+        host.create_token(
+            &id("bench"),
+            Some(id(&format!("w{i}"))),
+            data.clone(),
+            Default::default(),
+            None,
+        )
+        .await?;
+    }
+    let over_nats = |prefix: &'static str| {
+        let api = api.clone();
+        move |i: usize, k: usize| {
+            let api = api.clone();
+            async move {
+                let r: Result<Value, _> = api
+                    .call(
+                        "token.fire",
+                        &json!({"workflow": "bench", "id": format!("{prefix}{i}"), "transition": transition(k)}),
+                    )
+                    .await;
+                r.expect("fire over the API");
+            }
+        }
+    };
     for _ in 0..SLICES {
-        let t0 = Instant::now();
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (api, mut k) = (api.clone(), fired_api[i]);
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    while t0.elapsed() < slice {
-                        let s = Instant::now();
-                        let r: Result<Value, _> = api
-                            .call(
-                                "token.fire",
-                                &json!({"workflow": "bench", "id": format!("a{i}"), "transition": transition(k)}),
-                            )
-                            .await;
-                        r.expect("fire over the API");
-                        k += 1;
-                        lat.push(s.elapsed());
-                    }
-                    (lat, k)
-                })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let (lat, k) = t.await?;
-            ours.extend(lat);
-            fired_api[i] = k;
-        }
-        ours_t += t0.elapsed();
-        let t0 = Instant::now();
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (host, mut k) = (host.clone(), fired_host[i]);
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    while t0.elapsed() < slice {
-                        let s = Instant::now();
-                        host.fire(FireRequest::new(
-                            id("bench"),
-                            id(&format!("b{i}")),
-                            id(transition(k)),
-                        ))
-                        .await
-                        .expect("fire in-process");
-                        k += 1;
-                        lat.push(s.elapsed());
-                    }
-                    (lat, k)
-                })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let (lat, k) = t.await?;
-            inproc.extend(lat);
-            fired_host[i] = k;
-        }
-        inproc_t += t0.elapsed();
+        let (lat, t) = slice64(slice, &mut fired_api, over_nats("a")).await;
+        ours.extend(lat);
+        ours_t += t;
+        let (web, base) = (web.clone(), base.clone());
+        let (lat, t) = slice64(slice, &mut fired_http, move |i, k| {
+            let (web, base) = (web.clone(), base.clone());
+            async move {
+                let r = web
+                    .post(format!("{base}/v1/tokens/w{i}/transitions/{}", transition(k)))
+                    .send()
+                    .await
+                    .expect("fire over HTTP");
+                assert_eq!(r.status(), 200, "fire over HTTP");
+                r.bytes().await.expect("an HTTP reply");
+            }
+        })
+        .await;
+        over_http.extend(lat);
+        over_http_t += t;
+        let h = host.clone();
+        let (lat, t) = slice64(slice, &mut fired_host, move |i, k| {
+            let h = h.clone();
+            async move {
+                h.fire(FireRequest::new(
+                    id("bench"),
+                    id(&format!("b{i}")),
+                    id(transition(k)),
+                ))
+                .await
+                .expect("fire in-process");
+            }
+        })
+        .await;
+        inproc.extend(lat);
+        inproc_t += t;
     }
     let op = "fire with one guard via the service API, 64 in flight";
     b.record(
@@ -263,9 +381,67 @@ async fn main() -> anyhow::Result<()> {
         op,
         Raw,
         "host.fire in-process (same run, in alternating slices)",
+        inproc.clone(),
+        inproc_t,
+    );
+    let op = "fire with one guard via the HTTP API, 64 in flight";
+    b.record(
+        op,
+        Ours,
+        "POST /v1/tokens/{id}/transitions/{t} (reqwest, keep-alive, up to 64 connections)",
+        over_http,
+        over_http_t,
+    );
+    b.record(
+        op,
+        Raw,
+        "host.fire in-process (same run, in alternating slices)",
         inproc,
         inproc_t,
     );
+
+    b.section("fire: 64 in flight, metrics and tracing on and off");
+    // The NATS API path (request, firing, guard and commit spans; the
+    // request, firing, plugin call and commit metrics), on tokens of its
+    // own; both switched per slice, in ABBA order (on, off, off, on, ...)
+    // so a drift of the disk over the section weighs on both alike. The
+    // batch processor exports on its own thread as spans fill a batch, as
+    // in the binary.
+    let (mut on, mut on_t, mut off, mut off_t) = (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
+    let mut fired = fired_api.clone();
+    for k in 0..2 * SLICES {
+        let tracing = k % 4 == 0 || k % 4 == 3;
+        tracing_switch.reload(if tracing { tracing_on() } else { tracing_off() })?;
+        cb_host::metrics::set_recording(tracing);
+        let (lat, t) = slice64(slice / 2, &mut fired, over_nats("a")).await;
+        if tracing {
+            on.extend(lat);
+            on_t += t;
+        } else {
+            off.extend(lat);
+            off_t += t;
+        }
+    }
+    cb_host::metrics::set_recording(true);
+    let _ = provider.force_flush();
+    let exported = spans.get_finished_spans().map(|s| s.len()).unwrap_or(0);
+    eprintln!("{exported} spans exported while tracing was on");
+    let op = "fire via the service API with metrics and tracing, 64 in flight";
+    b.record(
+        op,
+        Ours,
+        "metrics and tracing on: every span to the OTel batch processor",
+        on,
+        on_t,
+    );
+    b.record(
+        op,
+        Raw,
+        "metrics and tracing off (same run, slices in ABBA order)",
+        off,
+        off_t,
+    );
+
     b.section("create: 64 in flight");
     let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
         (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
@@ -345,5 +521,7 @@ async fn main() -> anyhow::Result<()> {
         inproc_t,
     );
     serving.shutdown().await;
+    http.stop().await;
+    let _ = provider.shutdown();
     b.save()
 }

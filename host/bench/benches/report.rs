@@ -303,6 +303,15 @@ const FLOORS: &[Floor] = &[
             factor: 0.8,
         },
     },
+    Floor {
+        issue: 23,
+        op: "fire via the service API with metrics and tracing, 64 in flight",
+        ours: "metrics and tracing on",
+        rule: Rule::ThroughputOf {
+            raw: "metrics and tracing off",
+            factor: 0.95,
+        },
+    },
 ];
 
 /// One goal checked against this run.
@@ -327,7 +336,7 @@ impl Rule {
         match self {
             Rule::RatioOf { factor, .. } => format!("p50 <= {factor}x raw"),
             Rule::P99RatioOf { factor, .. } => format!("p99 <= {factor}x baseline"),
-            Rule::ThroughputOf { factor, .. } => format!(">= {factor}x the raw ceiling"),
+            Rule::ThroughputOf { factor, .. } => format!(">= {factor:.2}x the raw ceiling"),
             Rule::PlusOf { plus_us, .. } => format!("p50 <= raw + {plus_us:.0} µs"),
             Rule::Latency { p50_us, p99_us } => format!("p50 <= {p50_us:.0} µs, p99 <= {p99_us:.0} µs"),
             Rule::P50 { p50_us } => format!("p50 <= {p50_us:.0} µs"),

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
 use anyhow::{Context, bail};
 use cb_host::api::{
     ApiClient, ApiError, CompleteReply, EnabledReply, HostStats, TokenCreate, TokenFire, TokenHistory,
@@ -371,9 +373,15 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    init_logging(&cli);
+    let traces = init_logging(&cli);
     let out = Out { json: cli.json };
-    match run(cli, out) {
+    let result = run(cli, out);
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("cb-host: flushing traces: {e}");
+    }
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) if e.is::<Reported>() => ExitCode::from(exit::ERROR),
         Err(e) => {
@@ -395,34 +403,81 @@ pub(crate) fn main() -> ExitCode {
 /// Quiet by default: a client command's output is its answer, so only
 /// warnings go to stderr; `serve` logs at info; `demo` narrates on stdout
 /// and logs into a file. `-v`/`-vv` raise the level, `RUST_LOG` decides
-/// when set.
-fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+/// when set. Log lines carry their own fields, not the spans around them:
+/// spans go only to the trace exporter (see [`tracer`]).
+fn init_logging(cli: &Cli) -> Option<SdkTracerProvider> {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let level = match (cli.verbose, &cli.command) {
         (0, Command::Serve(_)) => "info",
         (0, _) => "warn",
         (1, _) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let events = |f: EnvFilter| f.and(filter_fn(|m| m.is_event()));
+    let (provider, otel) = match tracer() {
+        Ok(Some(provider)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("cb-host"))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new().with_target("cb_host", tracing::Level::INFO),
+                );
+            (Some(provider), Some(layer))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("cb-host: traces are not exported: {e}");
+            (None, None)
+        }
+    };
+    let registry = tracing_subscriber::registry().with(otel);
     if let Command::Demo(_) = cli.command
         && std::env::var_os("RUST_LOG").is_none()
         && cli.verbose == 0
     {
         let file = crate::demo::log_file();
         if let Ok(f) = std::fs::File::create(&file) {
-            tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::new("info"))
+            let fmt = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
-                .init();
-            return;
+                .with_filter(events(EnvFilter::new("info")));
+            registry.with(fmt).init();
+            return provider;
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(events(filter));
+    registry.with(fmt).init();
+    provider
+}
+
+/// An OTLP/HTTP (protobuf) trace exporter, when the standard OpenTelemetry
+/// environment asks for one (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SERVICE_NAME`, default
+/// `cb-host`, and the other `OTEL_*` variables as the SDK reads them).
+/// Spans are batched on the exporter's own thread: a slow or absent
+/// collector costs the host dropped spans, not latency.
+fn tracer() -> anyhow::Result<Option<SdkTracerProvider>> {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("cb-host");
+    }
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_batch_exporter(exporter)
+            .build(),
+    ))
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -788,3 +788,112 @@ fn plugin_precompile_fills_the_cache_and_workflow_pin_pins_each_build() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("amount-limit"));
 }
+
+/// A stand-in OTLP/HTTP collector: answers every POST with 200 and keeps
+/// each request's path and body. (A test fixture on a loopback socket; the
+/// exporter under test is the real OTLP client.)
+struct Collector {
+    addr: std::net::SocketAddr,
+    received: Received,
+}
+
+/// Each export request's path and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+impl Collector {
+    fn start() -> Collector {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Received::default();
+        let keep = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let keep = keep.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let mut length = 0;
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        keep.lock().unwrap().push((path, body));
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        Collector { addr, received }
+    }
+
+    /// Whether some export request to `path` contains every one of `needles`.
+    fn got(&self, path: &str, needles: &[&[u8]]) -> bool {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, body)| p == path && needles.iter().all(|n| body.windows(n.len()).any(|w| w == *n)))
+    }
+}
+
+#[test]
+fn serve_exports_spans_over_otlp_when_the_standard_variables_ask() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let plugins = plugin_dir();
+    let collector = Collector::start();
+    let endpoint = format!("http://{}", collector.addr);
+    let _serve = support::spawn_serve_env(
+        &url,
+        plugins.path(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "cb-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    wait_service(&url);
+    // A request that carries a trace context: its span is exported under
+    // that trace id (raw bytes in the protobuf body).
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let c = cb_host::connect(&url).await.unwrap();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").as_str());
+            let r = c
+                .request_with_headers("cb.api.workflow.list", headers, "{}".into())
+                .await
+                .unwrap();
+            assert!(r.headers.is_none(), "{}", String::from_utf8_lossy(&r.payload));
+        });
+    wait_until("the span reached the collector", || {
+        collector.got("/v1/traces", &[&trace_bytes, b"workflow.list", b"cb-under-test"])
+    });
+}

@@ -278,9 +278,148 @@ async fn a_host_killed_while_serving_firings_loses_and_doubles_nothing() {
     );
 }
 
+/// How the requests reach a host: the NATS service API or the HTTP API
+/// (the same keys, carried in the body or in `Idempotency-Key`).
+#[derive(Clone)]
+enum Via {
+    Nats(cb_host::api::ApiClient),
+    Http { client: reqwest::Client, base: String },
+}
+
+impl Via {
+    async fn create(&self, i: usize) -> Result<serde_json::Value, String> {
+        let data = json!({"amount": 10, "owner": "ana"});
+        match self {
+            Via::Nats(api) => api
+                .call(
+                    "token.create",
+                    &json!({"workflow": "expense-approval", "id": format!("r{i}"), "data": data,
+                            "idempotency_key": format!("create-{i}")}),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Via::Http { client, base } => {
+                let req = client
+                    .post(format!("{base}/v1/workflows/expense-approval/tokens"))
+                    .header("Idempotency-Key", format!("create-{i}"))
+                    .json(&json!({"id": format!("r{i}"), "data": data}));
+                http_answer(req, reqwest::StatusCode::CREATED).await
+            }
+        }
+    }
+
+    async fn fire(&self, i: usize) -> Result<serde_json::Value, String> {
+        match self {
+            Via::Nats(api) => api
+                .call(
+                    "token.fire",
+                    &json!({"id": format!("r{i}"), "transition": "submit",
+                            "idempotency_key": format!("submit-{i}")}),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Via::Http { client, base } => {
+                let req = client
+                    .post(format!("{base}/v1/tokens/r{i}/transitions/submit"))
+                    .header("Idempotency-Key", format!("submit-{i}"))
+                    .json(&json!({}));
+                http_answer(req, reqwest::StatusCode::OK).await
+            }
+        }
+    }
+
+    async fn complete(&self, i: usize) -> Result<serde_json::Value, String> {
+        match self {
+            Via::Nats(api) => api
+                .call(
+                    "token.complete",
+                    &json!({"id": format!("r{i}"), "idempotency_key": format!("complete-{i}")}),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Via::Http { client, base } => {
+                let req = client
+                    .post(format!("{base}/v1/tokens/r{i}/complete"))
+                    .header("Idempotency-Key", format!("complete-{i}"))
+                    .json(&json!({}));
+                http_answer(req, reqwest::StatusCode::OK).await
+            }
+        }
+    }
+}
+
+/// The body of an answer with status `want`; anything else (including a
+/// connection cut by the kill) is an error.
+async fn http_answer(
+    req: reqwest::RequestBuilder,
+    want: reqwest::StatusCode,
+) -> Result<serde_json::Value, String> {
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    if status != want {
+        return Err(format!("{status}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+}
+
+/// A host serving on `url`, with its HTTP API on a free loopback port when
+/// `http`; waits until it answers, and says how to reach it.
+async fn reachable_host(url: &str, plugins: &std::path::Path, http: bool) -> (support::Serve, Via) {
+    let addr = http.then(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    });
+    let mut extra = vec!["--action-ack-wait-ms", "1500"];
+    if let Some(a) = &addr {
+        extra.extend(["--http", a.as_str()]);
+    }
+    let host = spawn_serve(url, plugins, &extra);
+    let u = url.to_string();
+    tokio::task::spawn_blocking(move || support::wait_service(&u))
+        .await
+        .unwrap();
+    let via = match addr {
+        None => {
+            let nats = async_nats::connect(url).await.unwrap();
+            Via::Nats(cb_host::api::ApiClient::new(nats, "cb", Duration::from_secs(3)))
+        }
+        Some(a) => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let base = format!("http://{a}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !matches!(client.get(format!("{base}/v1/stats")).send().await, Ok(r) if r.status().is_success())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the HTTP API on {base} did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Via::Http { client, base }
+        }
+    };
+    (host, via)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_one_outcome() {
-    use cb_host::api::ApiClient;
+    retried_with_keys_to_one_outcome(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_cut_off_by_a_host_kill_are_retried_with_idempotency_keys_to_their_original_answers() {
+    retried_with_keys_to_one_outcome(true).await
+}
+
+/// 24 create-fire-complete runs against one host, `kill -9` with requests
+/// in flight, then every request retried with its key against another:
+/// each answer a first attempt got is given again, and each request
+/// happened exactly once.
+async fn retried_with_keys_to_one_outcome(http: bool) {
     use serde_json::Value;
     use std::sync::Arc;
     use tokio::sync::Mutex;
@@ -288,45 +427,35 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
     let server = NatsServer::start();
     let url = server.url();
     let plugins = plugin_dir();
-    let mut a = serve(&url, plugins.path());
-    let u = url.clone();
-    tokio::task::spawn_blocking(move || support::wait_service(&u))
-        .await
-        .unwrap();
-    let nats = async_nats::connect(&url).await.unwrap();
-    let api = ApiClient::new(nats.clone(), "cb", Duration::from_secs(3));
-    let create = |i: usize| {
-        json!({"workflow": "expense-approval", "id": format!("r{i}"), "data": {"amount": 10, "owner": "ana"},
-               "idempotency_key": format!("create-{i}")})
-    };
-    let fire = |i: usize| json!({"id": format!("r{i}"), "transition": "submit", "idempotency_key": format!("submit-{i}")});
-    let complete = |i: usize| json!({"id": format!("r{i}"), "idempotency_key": format!("complete-{i}")});
+    let (mut a, via) = reachable_host(&url, plugins.path(), http).await;
     // What each request's first attempt answered (create, fire, complete),
     // if it did.
-    type Answers = Vec<(Option<Value>, Option<Value>, Option<Value>)>;
+    type Answer = (Option<Value>, Option<Value>, Option<Value>);
+    type Answers = Vec<Answer>;
     let first: Arc<Mutex<Answers>> = Arc::new(Mutex::new(vec![(None, None, None); 24]));
     let tasks: Vec<_> = (0..24)
         .map(|i| {
-            let (api, first) = (api.clone(), first.clone());
+            let (via, first) = (via.clone(), first.clone());
             tokio::spawn(async move {
-                let Ok(c) = api.call::<_, Value>("token.create", &create(i)).await else {
+                let Ok(c) = via.create(i).await else {
                     return;
                 };
                 first.lock().await[i].0 = Some(c);
-                let Ok(f) = api.call::<_, Value>("token.fire", &fire(i)).await else {
+                let Ok(f) = via.fire(i).await else {
                     return;
                 };
                 first.lock().await[i].1 = Some(f);
-                if let Ok(d) = api.call::<_, Value>("token.complete", &complete(i)).await {
+                if let Ok(d) = via.complete(i).await {
                     first.lock().await[i].2 = Some(d);
                 }
             })
         })
         .collect();
-    // Kill the host with requests in flight.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while first.lock().await.iter().filter(|(c, _, _)| c.is_some()).count() < 6 {
-        assert!(Instant::now() < deadline, "no creates answered");
+    // Kill the host with requests in flight, once some firings have been
+    // answered (so their retries have an original answer to give again).
+    while first.lock().await.iter().filter(|(_, f, _)| f.is_some()).count() < 4 {
+        assert!(Instant::now() < deadline, "no firings answered");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     a.kill9();
@@ -340,11 +469,7 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
         .count();
 
     // Another host; every request retried with its key.
-    let _b = serve(&url, plugins.path());
-    let u = url.clone();
-    tokio::task::spawn_blocking(move || support::wait_service(&u))
-        .await
-        .unwrap();
+    let (_b, via) = reachable_host(&url, plugins.path(), http).await;
     let client = Host::builder()
         .nats_url(&url)
         .store(StoreConfig::development())
@@ -354,10 +479,7 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
         .unwrap();
     let wf = id("expense-approval");
     for (i, (c0, f0, d0)) in answered.iter().enumerate() {
-        let c: Value = api
-            .call("token.create", &create(i))
-            .await
-            .unwrap_or_else(|e| panic!("r{i} create: {e}"));
+        let c = via.create(i).await.unwrap_or_else(|e| panic!("r{i} create: {e}"));
         if let Some(c0) = c0 {
             assert_eq!(
                 (&c["id"], &c["revision"]),
@@ -365,18 +487,15 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
                 "r{i}: the original create"
             );
         }
-        let f: Value = api
-            .call("token.fire", &fire(i))
-            .await
-            .unwrap_or_else(|e| panic!("r{i} fire: {e}"));
+        let f = via.fire(i).await.unwrap_or_else(|e| panic!("r{i} fire: {e}"));
         if let Some(f0) = f0 {
             assert_eq!(
                 f["event_sequence"], f0["event_sequence"],
                 "r{i}: the original firing"
             );
         }
-        let d: Value = api
-            .call("token.complete", &complete(i))
+        let d = via
+            .complete(i)
             .await
             .unwrap_or_else(|e| panic!("r{i} complete: {e}"));
         if let Some(d0) = d0 {
@@ -408,8 +527,15 @@ async fn requests_in_flight_when_their_host_dies_are_retried_with_their_keys_to_
             "r{i}: each request happened once"
         );
         assert_eq!(f["token"]["place"], "submitted");
+        assert!(f["event_sequence"].as_u64().is_some_and(|s| s > 0), "r{i}: {f}");
     }
+    let firsts = |n: fn(&Answer) -> bool| answered.iter().filter(|a| n(a)).count();
     eprintln!(
-        "{unanswered} of 24 create-fire-complete runs were cut off by kill -9; every retry found its one outcome"
+        "{unanswered} of 24 create-fire-complete runs were cut off by kill -9 ({}); every retry found its one outcome \
+         and gave again the {} creates, {} firings and {} completions answered before the kill",
+        if http { "HTTP" } else { "NATS" },
+        firsts(|a| a.0.is_some()),
+        firsts(|a| a.1.is_some()),
+        firsts(|a| a.2.is_some()),
     );
 }

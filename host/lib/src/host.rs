@@ -60,6 +60,7 @@ pub enum HostError {
 
 /// A stored definition and the soundness check's warnings on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Applied {
     /// The stored definition.
     #[serde(flatten)]
@@ -518,11 +519,19 @@ impl Host {
             .token)
     }
 
-    /// The workflow of a token: `workflow` if given, else looked up.
+    /// The workflow of a token: `workflow` if given, else the live token's,
+    /// else (a completed token) the workflow of its newest event. A keyed
+    /// retry of a firing whose token has since completed must still reach
+    /// the workflow that holds its key record, to give its original answer.
     pub async fn resolve_workflow(&self, workflow: Option<&Id>, token: &Id) -> Result<Id, HostError> {
+        let reader = self.engine.store().reader();
         match workflow {
             Some(w) => Ok(w.clone()),
-            None => Ok(self.engine.store().reader().find_token(token).await?.workflow_id),
+            None => match reader.find_token(token).await {
+                Ok(t) => Ok(t.workflow_id),
+                Err(StoreError::NotFound(_)) => Ok(reader.token_workflow(token).await?),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 

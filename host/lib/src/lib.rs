@@ -55,6 +55,7 @@ pub mod model;
 pub mod plugin;
 pub mod store;
 mod text;
+mod trace;
 
 pub use api::{ServeConfig, Serving, serve};
 pub use host::{Applied, ApplyOptions, Host, HostBuilder, HostError, connect, redact_credentials};

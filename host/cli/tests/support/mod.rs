@@ -66,9 +66,15 @@ impl Drop for Serve {
 /// Starts `cb-host serve` on `url` with the example workflows, one replica
 /// and `extra` flags; does not wait for it.
 pub(crate) fn spawn_serve(url: &str, plugins: &Path, extra: &[&str]) -> Serve {
+    spawn_serve_env(url, plugins, extra, &[])
+}
+
+/// [`spawn_serve`] with environment variables set for the process.
+pub(crate) fn spawn_serve_env(url: &str, plugins: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
     Command::new(BIN)
         .args(["--nats-url", url, "serve", "--replicas", "1"])
         .args(extra)
+        .envs(env.iter().copied())
         .arg("--plugins")
         .arg(plugins)
         .arg("--definitions")

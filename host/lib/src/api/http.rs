@@ -24,6 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -36,9 +37,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::openapi::{CompleteBody, CreateBody, FireBody, Problem};
 use super::server::{Api, Call};
+use super::wire::CommitCounters;
 use super::wire::ErrorInfo;
-use crate::host::{Host, HostError};
+use super::wire::{CompleteReply, EnabledReply, HostStats};
+use crate::engine::Fired;
+use crate::engine::{Denial, Enabled};
+use crate::host::{Applied, Host, HostError};
+use crate::model::{Event, Id, StoredDefinition, Token, WorkflowDefinition};
+use crate::model::{
+    EventKind, Finding, FindingCode, Grants, LimitOverrides, PluginRef, Severity, TokenState, Transition,
+};
+use crate::plugin::PluginInfo;
+use crate::plugin::World;
+use crate::store::Page;
+use utoipa::OpenApi;
 
 /// How the HTTP API runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,11 +140,13 @@ pub async fn serve_http(host: &Host, config: HttpConfig) -> Result<HttpServer, H
             .route("/v1/tokens/{id}/transitions/{transition}", post(fire))
             .route("/v1/tokens/{id}/complete", post(complete))
             .route("/v1/plugins", get(plugins))
-            .route("/v1/stats", get(stats));
+            .route("/v1/stats", get(stats))
+            .route("/v1/openapi.json", get(openapi_json));
     }
     let app = app
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(config.max_body))
+        .layer(axum::middleware::from_fn(traced))
         .with_state(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -145,6 +161,33 @@ pub async fn serve_http(host: &Host, config: HttpConfig) -> Result<HttpServer, H
     });
     tracing::info!(%addr, metrics_only = config.metrics_only, "HTTP API started");
     Ok(HttpServer { addr, stop, task })
+}
+
+/// Runs each request in an `http.request` span (a child of the caller's
+/// `traceparent`, if it sent one) that records the route and the status.
+async fn traced(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = req
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    crate::trace::set_remote_parent(&span, traceparent);
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", i64::from(response.status().as_u16()));
+    response
 }
 
 /// An RFC 9457 problem document for `info`.
@@ -272,8 +315,7 @@ impl Http {
     /// admission limit.
     async fn call(&self, endpoint: &str, request: Value, key: Option<&str>) -> Result<Bytes, ErrorInfo> {
         let Ok(_permit) = self.admission.try_acquire() else {
-            crate::metrics::metrics().api_busy.inc();
-            crate::metrics::api_request(endpoint, "busy", "http");
+            crate::metrics::api_busy(endpoint, "http");
             return Err(ErrorInfo::new(
                 "busy",
                 format!(
@@ -289,6 +331,7 @@ impl Http {
                 Call {
                     payload: &payload,
                     idempotency_key: key,
+                    traceparent: None,
                 },
                 "http",
             )
@@ -398,6 +441,8 @@ fn paged(result: Result<Bytes, ErrorInfo>, path: &str, extra: &[(&str, String)])
     response
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "host",
+    responses((status = 200, description = "Prometheus text exposition (also served alone with `metrics_only`)", content_type = "text/plain", body = String)))]
 async fn metrics() -> Response {
     let mut r = crate::metrics::render().into_response();
     r.headers_mut().insert(
@@ -407,16 +452,72 @@ async fn metrics() -> Response {
     r
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "host",
+    responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(super::openapi::openapi_json);
+    json_reply(StatusCode::OK, Bytes::from_static(DOC.as_bytes()), None)
+}
+
+/// The OpenAPI document: the routes above and the types they read and
+/// answer with (see `openapi.rs`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Circuit Breaker",
+        description = "The HTTP API of a Circuit Breaker host: workflows (Petri nets), tokens, firings guarded by sandboxed WebAssembly plugins. Every operation is also on the NATS service API, with the same answers. See docs/api.md.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        list_workflows,
+        get_workflow,
+        apply_workflow,
+        create_token,
+        get_token,
+        list_tokens,
+        history,
+        enabled,
+        fire,
+        complete,
+        plugins,
+        stats,
+        openapi_json,
+        metrics,
+    ),
+    components(schemas(
+        Id, WorkflowDefinition, Transition, PluginRef, LimitOverrides, Grants, StoredDefinition, Applied,
+        Token, TokenState, Event, EventKind, Page<Token>, Page<Event>, Fired, Enabled, Denial, EnabledReply,
+        CompleteReply, PluginInfo, World, HostStats, CommitCounters, Finding, FindingCode, Severity,
+        CreateBody, FireBody, CompleteBody, Problem,
+    )),
+    tags((name = "workflows"), (name = "tokens"), (name = "host")),
+)]
+pub(super) struct ApiDoc;
+
 async fn unknown_route() -> Response {
     let info = ErrorInfo::new("not-found", "no such resource (see docs/api.md)");
     problem(&info, StatusCode::NOT_FOUND)
 }
 
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows",
+    responses(
+        (status = 200, description = "every workflow, latest version", body = Vec<StoredDefinition>),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn list_workflows(State(h): Shared) -> Response {
     h.reply("workflow.list", json!({}), None, StatusCode::OK, None)
         .await
 }
 
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows",
+    params(("id" = Id, Path, description = "the workflow"), ("version" = Option<u64>, Query, description = "a version; the latest when absent")),
+    responses(
+        (status = 200, description = "the definition as stored", body = StoredDefinition),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn get_workflow(
     State(h): Shared,
     Path(id): Path<String>,
@@ -438,6 +539,17 @@ async fn get_workflow(
 
 /// `PUT /v1/workflows/{id}`: the body is the definition (its `id` must
 /// be the path's).
+#[utoipa::path(put, path = "/v1/workflows/{id}", tag = "workflows",
+    params(("id" = Id, Path, description = "the workflow: the definition's `id`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the version first stored")),
+    request_body = WorkflowDefinition,
+    responses(
+        (status = 200, description = "stored: the new version, with the soundness check's warnings", body = Applied),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict` or `duplicate`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "request body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn apply_workflow(
     State(h): Shared,
     Path(id): Path<String>,
@@ -467,6 +579,19 @@ async fn apply_workflow(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/workflows/{wf}/tokens", tag = "tokens",
+    params(("wf" = Id, Path, description = "the workflow"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key (and body) returns the token as first created")),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "created", body = Token,
+            headers(("ETag" = String, description = "the revision, e.g. \"42\""), ("Location" = String, description = "/v1/tokens/{id}"))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict` or `duplicate`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "request body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn create_token(
     State(h): Shared,
     Path(wf): Path<String>,
@@ -498,6 +623,15 @@ async fn create_token(
     r
 }
 
+#[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = Id, Path, description = "the token"), ("workflow" = Option<Id>, Query, description = "its workflow, if known")),
+    responses(
+        (status = 200, description = "the token with its whole marking", body = Token,
+            headers(("ETag" = String, description = "the revision, e.g. \"42\""))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn get_token(
     State(h): Shared,
     Path(id): Path<String>,
@@ -517,6 +651,17 @@ async fn get_token(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/workflows/{wf}/places/{place}/tokens", tag = "tokens",
+    params(("wf" = Id, Path, description = "the workflow"), ("place" = Id, Path, description = "the place"),
+        ("cursor" = Option<u64>, Query, description = "`next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "page size, 1-1000 (pages are also cut by bytes)")),
+    responses(
+        (status = 200, description = "every token marked there, one page", body = Page<Token>,
+            headers(("Link" = String, description = "`<...?cursor=N>; rel=\"next\"` when there is more"))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn list_tokens(
     State(h): Shared,
     Path((wf, place)): Path<(String, String)>,
@@ -540,6 +685,17 @@ async fn list_tokens(
     paged(r, &format!("/v1/workflows/{wf}/places/{place}/tokens"), &extra)
 }
 
+#[utoipa::path(get, path = "/v1/tokens/{id}/history", tag = "tokens",
+    params(("id" = Id, Path, description = "the token"), ("workflow" = Option<Id>, Query, description = "its workflow, if known"),
+        ("cursor" = Option<u64>, Query, description = "`next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "page size, 1-1000")),
+    responses(
+        (status = 200, description = "its events, oldest first, one page", body = Page<Event>,
+            headers(("Link" = String, description = "`<...?cursor=N>; rel=\"next\"` when there is more"))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn history(
     State(h): Shared,
     Path(id): Path<String>,
@@ -566,6 +722,16 @@ async fn history(
     paged(r, &format!("/v1/tokens/{id}/history"), &extra)
 }
 
+#[utoipa::path(get, path = "/v1/tokens/{id}/transitions", tag = "tokens",
+    params(("id" = Id, Path, description = "the token"), ("workflow" = Option<Id>, Query, description = "its workflow, if known")),
+    responses(
+        (status = 200, description = "each transition from its marking, with every guard's verdict", body = EnabledReply,
+            headers(("ETag" = String, description = "the token's revision"))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "a plugin failed (`plugin-error`) or `internal`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn enabled(
     State(h): Shared,
     Path(id): Path<String>,
@@ -587,6 +753,23 @@ async fn enabled(
 
 /// `POST /v1/tokens/{id}/transitions/{transition}`: body `{input?,
 /// actor?, workflow?}`; `If-Match` and `Idempotency-Key` headers.
+#[utoipa::path(post, path = "/v1/tokens/{id}/transitions/{transition}", tag = "tokens",
+    params(("id" = Id, Path, description = "the token"), ("transition" = Id, Path, description = "the transition"),
+        ("If-Match" = Option<String>, Header, description = "fire only at this revision (a strong ETag, e.g. \"42\"): `412` with the current one otherwise"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key (and body) returns the original firing")),
+    request_body = FireBody,
+    responses(
+        (status = 200, description = "fired: the token after it", body = Fired,
+            headers(("ETag" = String, description = "the token's new revision"))),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict` or `duplicate`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`not-enabled`, or `If-Match` no longer holds (with the current `revision`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "request body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a guard refused (`denied`, with every denial)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "a plugin failed (`plugin-error`) or `internal`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn fire(
     State(h): Shared,
     Path((id, transition)): Path<(String, String)>,
@@ -626,6 +809,20 @@ async fn fire(
 
 /// `POST /v1/tokens/{id}/complete`: body `{actor?, workflow?}`;
 /// `If-Match` and `Idempotency-Key` headers.
+#[utoipa::path(post, path = "/v1/tokens/{id}/complete", tag = "tokens",
+    params(("id" = Id, Path, description = "the token"),
+        ("If-Match" = Option<String>, Header, description = "complete only at this revision: `412` otherwise"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the original `completed` event")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "completed", body = CompleteReply),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such workflow, version or token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict` or `duplicate`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`not-enabled`, or `If-Match` no longer holds (with the current `revision`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "request body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")
+    ))]
 async fn complete(
     State(h): Shared,
     Path(id): Path<String>,
@@ -658,11 +855,19 @@ async fn complete(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/plugins", tag = "host",
+    responses((status = 200, description = "the plugins this host has loaded", body = Vec<PluginInfo>),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")))]
 async fn plugins(State(h): Shared) -> Response {
     h.reply("plugin.list", json!({}), None, StatusCode::OK, None)
         .await
 }
 
+#[utoipa::path(get, path = "/v1/stats", tag = "host",
+    responses((status = 200, description = "what this host committed since it started", body = HostStats),
+        (status = 400, description = "invalid request (`invalid`, `unknown-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` or `busy` (with `Retry-After`)", body = Problem, content_type = "application/problem+json")))]
 async fn stats(State(h): Shared) -> Response {
     h.reply("host.stats", json!({}), None, StatusCode::OK, None).await
 }

@@ -10,12 +10,16 @@
 mod client;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
+mod openapi;
 mod server;
 mod wire;
 
 pub use client::{ApiClient, ApiError};
 #[cfg(feature = "http")]
 pub use http::{HttpConfig, HttpServer, serve_http};
+#[cfg(feature = "http")]
+pub use openapi::openapi_json;
 pub use server::{ApiConfig, HEADER_TEXT, ServeConfig, Service, Serving, serve, start_service};
 pub use wire::{
     CommitCounters, CompleteReply, ENDPOINTS, EnabledReply, ErrorBody, ErrorInfo, HostStats, MAX_ERROR_TEXT,

@@ -14,6 +14,7 @@
 //!   next is answered at once with `busy` (503), not queued.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use async_nats::HeaderMap;
 use async_nats::service::{Request, ServiceExt};
@@ -169,8 +170,7 @@ pub async fn start_service(host: Host, config: ApiConfig) -> Result<Service, Hos
                             }
                             // Over the limit: answered now, never queued.
                             Err(_) => {
-                                crate::metrics::metrics().api_busy.inc();
-                                crate::metrics::api_request(name, "busy", "nats");
+                                crate::metrics::api_busy(name, "nats");
                                 let info = ErrorInfo::new(
                                     "busy",
                                     format!("the host has {} requests in progress; retry shortly", config.max_in_flight),
@@ -294,6 +294,10 @@ pub(crate) struct Call<'a> {
     pub(crate) payload: &'a [u8],
     /// The `Idempotency-Key` header, if the transport had one.
     pub(crate) idempotency_key: Option<&'a str>,
+    /// The caller's W3C `traceparent` header, if any: the request's span
+    /// joins that trace. (HTTP requests run inside a span of their own that
+    /// already has it, and pass `None`.)
+    pub(crate) traceparent: Option<&'a str>,
 }
 
 impl Api {
@@ -306,13 +310,23 @@ impl Api {
         transport: &str,
     ) -> Result<Bytes, ErrorInfo> {
         let m = crate::metrics::metrics();
+        let span = tracing::info_span!(
+            "api.request",
+            otel.name = name,
+            otel.kind = "server",
+            endpoint = name,
+            transport,
+            code = tracing::field::Empty,
+        );
+        crate::trace::set_remote_parent(&span, call.traceparent);
         m.api_in_flight.inc();
-        let r = self.dispatch(name, call).await;
+        let r = self.dispatch(name, call).instrument(span.clone()).await;
         m.api_in_flight.dec();
         let code = match &r {
             Ok(_) => "ok",
             Err(info) => info.code.as_str(),
         };
+        span.record("code", code);
         crate::metrics::api_request(name, code, transport);
         r
     }
@@ -439,15 +453,13 @@ impl Api {
     }
 
     async fn handle(&self, name: &str, req: Request) {
-        let header = req
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Idempotency-Key"))
-            .map(|v| v.as_str().to_string());
+        let headers = req.message.headers.as_ref();
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+        let (key, traceparent) = (header("Idempotency-Key"), header(crate::trace::TRACEPARENT));
         let call = Call {
             payload: &req.message.payload,
-            idempotency_key: header.as_deref(),
+            idempotency_key: key.as_deref(),
+            traceparent: traceparent.as_deref(),
         };
         match self.answer(name, call, "nats").await {
             Ok(body) if body.len() <= self.budget => {

@@ -38,6 +38,7 @@ pub struct WorkflowGet {
 /// `token.create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct TokenCreate {
     /// The workflow.
     pub workflow: Id,
@@ -63,6 +64,7 @@ pub struct TokenCreate {
 /// workflow or (when `workflow` is absent) wherever it is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct TokenRef {
     /// The workflow, if known.
     #[serde(default)]
@@ -118,6 +120,7 @@ pub struct TokenHistory {
 /// `token.fire`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct TokenFire {
     /// The workflow, if known.
     #[serde(default)]
@@ -163,6 +166,7 @@ pub struct NoArgs {}
 
 /// `token.enabled` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct EnabledReply {
     /// The token.
     pub token: Token,
@@ -172,6 +176,7 @@ pub struct EnabledReply {
 
 /// `token.complete` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct CompleteReply {
     /// Sequence of the `completed` event.
     pub event_sequence: u64,
@@ -179,6 +184,7 @@ pub struct CompleteReply {
 
 /// `host.stats` reply: what this host did since it started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct HostStats {
     /// The token writes it committed (group commit).
     pub commits: CommitCounters,
@@ -186,6 +192,7 @@ pub struct HostStats {
 
 /// [`crate::store::CommitStats`] on the wire, times in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct CommitCounters {
     /// Atomic batches the server stored.
     pub batches: u64,
@@ -223,6 +230,7 @@ pub struct ErrorBody {
 
 /// A typed error on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     /// Stable kind: `invalid`, `not-found`, `unknown-transition`,
     /// `not-enabled`, `denied`, `conflict`, `duplicate`, `plugin-error`,

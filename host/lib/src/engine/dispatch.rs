@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -183,7 +184,30 @@ async fn handle(engine: &Engine, config: &DispatcherConfig, delivery: Delivery) 
             return;
         }
     };
-    let outcome = run_actions(engine, &event, seq, delivered).await;
+    // One span per delivery: a retried delivery is a span of its own, and
+    // each ends when its attempt does.
+    let span = tracing::info_span!(
+        "action",
+        otel.name = "action",
+        otel.kind = "consumer",
+        workflow = %event.workflow_id,
+        token = %event.token_id,
+        event_sequence = i64::try_from(seq).unwrap_or(i64::MAX),
+        delivered,
+        outcome = tracing::field::Empty,
+    );
+    crate::trace::set_remote_parent(&span, delivery.traceparent());
+    let outcome = run_actions(engine, &event, seq, delivered)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "outcome",
+        match &outcome {
+            Outcome::Done => "done",
+            Outcome::Retry(_) => "retry",
+            Outcome::Failed { .. } => "failed",
+        },
+    );
     let result = match outcome {
         #[cfg(feature = "testing")]
         Outcome::Done if config.fault_skip_first_ack && delivered == 1 => {
@@ -237,7 +261,7 @@ async fn settle_failure(
     .await
     {
         Ok(()) => {
-            crate::metrics::metrics().action_failures.inc();
+            crate::metrics::action_failure();
             delivery.ack().await
         }
         Err(e) => {

@@ -21,6 +21,7 @@ pub const DENIAL_TEXT_IN_ERRORS: usize = 256;
 
 /// One guard's refusal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Denial {
     /// The guard plugin.
     pub plugin: String,

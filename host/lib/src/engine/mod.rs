@@ -19,6 +19,7 @@ mod reads;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tracing::Instrument;
 
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,7 @@ impl FireRequest {
 
 /// A committed firing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Fired {
     /// The token after the move (exact revision).
     pub token: Token,
@@ -144,6 +146,7 @@ pub struct Fired {
 
 /// Whether one transition can fire now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Enabled {
     /// The transition.
     pub transition: Id,
@@ -435,10 +438,21 @@ impl Engine {
     /// Fires a transition. See the module docs for the steps.
     pub async fn fire(&self, req: FireRequest) -> Result<Fired, FireError> {
         let started = Instant::now();
-        let result = {
+        let span = tracing::info_span!(
+            "fire",
+            otel.name = %format_args!("fire {}", req.transition),
+            workflow = %req.workflow,
+            token = %req.token,
+            transition = %req.transition,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let result = async {
             let _turn = self.inner.locks.lock(&req.workflow, &req.token).await;
             self.fire_inner(&req).await
-        };
+        }
+        .instrument(span.clone())
+        .await;
         let took = started.elapsed();
         let ms = took.as_secs_f64() * 1e3;
         let outcome = match &result {
@@ -446,6 +460,10 @@ impl Engine {
             Err(e) => e.kind(),
         };
         crate::metrics::firing(req.workflow.as_str(), req.transition.as_str(), outcome, took);
+        span.record("outcome", outcome);
+        if let Ok(f) = &result {
+            span.record("attempts", i64::from(f.attempts));
+        }
         match &result {
             Ok(f) => tracing::info!(
                 workflow = %req.workflow, token = %req.token, transition = %req.transition,
@@ -592,6 +610,7 @@ impl Engine {
                 data: None,
                 msg_id: None,
                 idempotency: key.clone(),
+                actions: !transition.actions.is_empty(),
             };
             let result = self.inner.writer.fire_token(&token, fm).await;
             match &result {

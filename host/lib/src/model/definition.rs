@@ -17,6 +17,7 @@ use super::Id;
 /// storing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct WorkflowDefinition {
     /// Subject-safe id, unique per stream.
     pub id: Id,
@@ -55,6 +56,7 @@ pub struct WorkflowDefinition {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Transition {
     /// Unique within the definition.
     pub id: Id,
@@ -207,6 +209,7 @@ impl Transition {
 /// A guard or action: the plugin's name and the config it is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct PluginRef {
     /// Name of a loaded plugin (its file stem).
     pub plugin: Id,
@@ -233,6 +236,7 @@ pub struct PluginRef {
 /// (`deadline` in milliseconds, sizes in bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct LimitOverrides {
     /// Wall-clock deadline of one call, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +286,7 @@ impl LimitOverrides {
 /// Workflows a plugin reference may reach beyond the one it runs for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Grants {
     /// Workflows whose tokens and definition it may read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -573,6 +578,7 @@ fn is_sha256_digest(d: &str) -> bool {
 /// A definition as stored: the definition plus the stream sequence it was
 /// stored at. Tokens pin the version they started on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct StoredDefinition {
     /// The stream sequence of the stored definition message.
     pub version: u64,

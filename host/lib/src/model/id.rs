@@ -45,6 +45,26 @@ pub enum IdError {
 #[serde(try_from = "String", into = "String")]
 pub struct Id(String);
 
+/// In the OpenAPI document: a string of the characters and length [`Id::new`]
+/// accepts.
+#[cfg(feature = "http")]
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Za-z0-9_-]+$"))
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .description(Some(
+                "1-128 characters of A-Z, a-z, 0-9, '_' and '-' (ids become NATS subject tokens)",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "http")]
+impl utoipa::ToSchema for Id {}
+
 impl Id {
     /// Validates `s`.
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {

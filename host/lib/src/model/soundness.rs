@@ -52,6 +52,7 @@ pub struct SoundnessReport {
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub enum Severity {
     /// Can never work: the definition is refused at apply.
     Error,
@@ -62,6 +63,7 @@ pub enum Severity {
 /// What a finding is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub enum FindingCode {
     /// No reachable marking enables the transition.
     DeadTransition,
@@ -96,6 +98,7 @@ impl FindingCode {
 
 /// One finding, with a run that shows it where there is one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Finding {
     /// Error or warning.
     pub severity: Severity,

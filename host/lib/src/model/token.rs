@@ -17,6 +17,7 @@ pub type Metadata = BTreeMap<String, String>;
 /// they cannot disagree with what the stream holds. `place` and the ids come
 /// from the subject for the same reason.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Token {
     /// Unique within its workflow.
     pub id: Id,
@@ -53,6 +54,7 @@ pub struct Token {
 /// A token's state as recorded in a transition event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct TokenState {
     /// The pinned definition version.
     pub definition_version: u64,
@@ -74,6 +76,7 @@ pub struct TokenState {
 /// What an event records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub enum EventKind {
     /// The token moved along a transition.
     Transition {
@@ -164,6 +167,7 @@ pub enum EventKind {
 
 /// One entry of a token's history, read from its event subjects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Event {
     /// The workflow.
     pub workflow_id: Id,

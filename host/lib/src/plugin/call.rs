@@ -3,9 +3,22 @@
 //! guest returns checked against the limits before the host uses it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Fuel a call may spend in the caller's task before it yields and moves
+/// to the plugin threads (about 0.1 ms of guest code here; the example
+/// Rust guards use 11,000-20,000).
+const INLINE_FUEL: u64 = 100_000;
+
+/// A plugin whose last call took longer than this starts its next call on
+/// the plugin threads. Fuel does not meter everything a call costs: a
+/// Python guard spends 0.3M fuel but ~2 ms, most of it instantiating
+/// (tables, copy-on-write faults), all of which would hold the caller's
+/// async worker.
+const INLINE_BUDGET: Duration = Duration::from_micros(250);
 
 use time::OffsetDateTime;
 use wasmtime::component::ResourceTable;
@@ -52,6 +65,9 @@ pub struct Plugin {
     load_time: Duration,
     size: usize,
     pre: Arc<Pre>,
+    /// How long the last call took, in µs (shared by every clone): decides
+    /// whether the next one starts in the caller's task.
+    last_call_us: Arc<AtomicU64>,
     limits: PluginLimits,
     grants: Arc<Grants>,
 }
@@ -112,6 +128,7 @@ impl Plugin {
             load_time,
             size,
             pre: Arc::new(pre),
+            last_call_us: Arc::default(),
             limits,
             grants: Arc::default(),
         }
@@ -210,7 +227,6 @@ impl Plugin {
         seed: &[u8],
         workflow: Id,
         action: bool,
-        yielded: Arc<AtomicBool>,
     ) -> Store<CallState> {
         let limits = self.limits;
         let since_epoch = Duration::from_nanos(
@@ -246,6 +262,12 @@ impl Plugin {
         let mut store = Store::new(&self.runtime.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(limits.fuel).expect("fuel is enabled");
+        // Fuel also bounds how long a call runs before its first yield
+        // (about a millisecond of guest code at most, where an epoch tick
+        // could be a whole 5 ms): see `call_inner`.
+        store
+            .fuel_async_yield_interval(Some(INLINE_FUEL))
+            .expect("fuel is enabled");
         // Every epoch tick the guest yields its thread to the other calls
         // (a busy loop holds a thread for at most one tick), and at the
         // deadline it traps.
@@ -254,7 +276,6 @@ impl Plugin {
             Ok(if Instant::now() >= ctx.data().deadline {
                 UpdateDeadline::Interrupt
             } else {
-                yielded.store(true, Ordering::Release);
                 UpdateDeadline::Yield(1)
             })
         });
@@ -351,12 +372,37 @@ impl Plugin {
         workflow: Id,
     ) -> Result<Outcome<Returned>, PluginError> {
         let started = std::time::Instant::now();
-        let r = self.call_inner(job, source, fired_at, seed, workflow).await;
         let world = self.world.to_string();
+        let span = tracing::info_span!(
+            "plugin",
+            otel.name = %format_args!("{world} {}", self.caller.name),
+            plugin = %self.caller.name,
+            digest = %self.caller.digest,
+            world = %world,
+            fuel = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let r = self
+            .call_inner(job, source, fired_at, seed, workflow)
+            .instrument(span.clone())
+            .await;
+        let took = match &r {
+            Ok(o) => o.duration,
+            Err(_) => started.elapsed(),
+        };
+        self.last_call_us.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         match &r {
-            Ok(o) => crate::metrics::plugin_call(&self.caller.name, &world, o.duration, o.fuel_used, None),
+            Ok(o) => {
+                crate::metrics::plugin_call(&self.caller.name, &world, took, o.fuel_used, None);
+                span.record("fuel", i64::try_from(o.fuel_used).unwrap_or(i64::MAX));
+                span.record("outcome", "ok");
+            }
             Err(e) => {
-                crate::metrics::plugin_call(&self.caller.name, &world, started.elapsed(), 0, Some(e.kind()))
+                crate::metrics::plugin_call(&self.caller.name, &world, took, 0, Some(e.kind()));
+                span.record("outcome", e.kind());
             }
         }
         r
@@ -390,30 +436,36 @@ impl Plugin {
             .await
             .expect("semaphore is never closed");
         let me = self.clone();
-        let yielded = Arc::new(AtomicBool::new(false));
-        let flag = yielded.clone();
         let mut run = Box::pin(async move {
-            let out = me.execute(job, source, fired_at, seed, workflow, flag).await;
+            let out = me.execute(job, source, fired_at, seed, workflow).await;
             drop(slot);
             out
         });
         let Some(threads) = self.runtime.shared.threads.as_ref() else {
             return run.await;
         };
-        // A call starts in the caller's task: most finish well within one
-        // epoch tick, and a hand-off to another thread and back costs more
-        // than such a call (~40 µs against ~20 here). A guest still running
-        // at its first tick yields, and the rest of its call moves to the
-        // plugin threads, where it competes with other guests, not with the
-        // host's async work: a guest holds an async worker at most one tick.
-        let inline = std::future::poll_fn(|cx| match run.as_mut().poll(cx) {
-            Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending if yielded.load(Ordering::Acquire) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        })
-        .await;
-        if let Some(out) = inline {
-            return out;
+        // A call starts in the caller's task: most finish within their
+        // first [`INLINE_FUEL`], and a hand-off to another thread and back
+        // costs more than such a call (~40 µs against ~20 here). A call that
+        // yields first (its inline fuel spent, an epoch tick, or a host call
+        // that waits on NATS) moves, with the rest of its run, to the plugin
+        // threads, where it competes with other guests, not with the host's
+        // async work: a guest holds an async worker for about 0.1 ms of its
+        // code at most (an epoch tick, 5 ms, held it up to fifty times
+        // longer, which 64 guests spinning at once turned into 7 ms reads).
+        // A plugin whose last call was long (over [`INLINE_BUDGET`]) starts
+        // on the plugin threads at once: what fuel does not meter
+        // (instantiating a large component) would hold the worker too.
+        let long = Duration::from_micros(self.last_call_us.load(Ordering::Relaxed)) > INLINE_BUDGET;
+        if !long {
+            let inline = std::future::poll_fn(|cx| match run.as_mut().poll(cx) {
+                Poll::Ready(out) => Poll::Ready(Some(out)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            if let Some(out) = inline {
+                return out;
+            }
         }
         let task = threads.spawn(run);
         let _abort = AbortOnDrop(task.abort_handle());
@@ -430,12 +482,11 @@ impl Plugin {
         fired_at: OffsetDateTime,
         seed: String,
         workflow: Id,
-        yielded: Arc<AtomicBool>,
     ) -> Result<Outcome<Returned>, PluginError> {
         let _ticking = self.runtime.shared.ticker.enter();
         let started = Instant::now();
         let action = matches!(job, Job::Action(_));
-        let mut store = self.new_store(source, fired_at, seed.as_bytes(), workflow, action, yielded);
+        let mut store = self.new_store(source, fired_at, seed.as_bytes(), workflow, action);
         // Epochs stop guest code; this timeout also bounds time spent in
         // async host calls, where epochs do not fire.
         let deadline = self.limits.deadline + self.runtime.shared.config.epoch_tick * 2;
@@ -621,6 +672,7 @@ mod tests {
     use crate::model::{Id, Token, Transition};
     use crate::plugin::RuntimeConfig;
     use crate::store::MemorySource;
+    use std::sync::atomic::Ordering;
 
     fn guard_input(config: serde_json::Value) -> GuardInput {
         let id = |s: &str| Id::new(s).unwrap();

@@ -239,9 +239,16 @@ impl PluginRuntime {
         self.load(&name, &bytes)
     }
 
-    /// [`load_file`](Self::load_file) on the blocking thread pool, at most
+    /// [`load_file`](Self::load_file) on a blocking thread, at most
     /// [`RuntimeConfig::compile_concurrency`] at once: several plugins load
     /// in parallel, and memory while compiling stays bounded.
+    ///
+    /// The blocking thread is the plugin threads' own, at their
+    /// [niceness](RuntimeConfig::plugin_thread_nice): compiling is
+    /// background work like running guests. At the host's priority a
+    /// plugin loaded while the host serves (seconds of compiling for a
+    /// Python or JS one) would take the CPU from the guests of every
+    /// firing, whose wall-clock deadlines would then measure the wait.
     pub async fn load_file_async(&self, path: &Path) -> Result<Plugin, PluginError> {
         let _permit = self
             .shared
@@ -250,8 +257,12 @@ impl PluginRuntime {
             .await
             .expect("semaphore is never closed");
         let (rt, path) = (self.clone(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || rt.load_file(&path))
-            .await
+        let load = move || rt.load_file(&path);
+        let task = match self.shared.threads.as_ref() {
+            Some(threads) => threads.spawn_blocking(load),
+            None => tokio::task::spawn_blocking(load),
+        };
+        task.await
             .map_err(|e| runtime_error(format!("loading a plugin panicked: {e}")))?
     }
 

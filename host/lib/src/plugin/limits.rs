@@ -212,7 +212,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(5),
             max_wasm_stack: 512 << 10,
             plugin_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            plugin_thread_nice: 5,
+            plugin_thread_nice: 19,
             compile_concurrency: 2,
         }
     }

@@ -7,6 +7,7 @@ use super::{LoadSource, Plugin, PluginError, PluginRuntime, World};
 
 /// What `plugin list` shows.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct PluginInfo {
     /// Name (file stem).
     pub name: String,

@@ -9,6 +9,7 @@ use crate::model::{Id, Token, Transition};
 /// The world a plugin targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub enum World {
     /// Exports `evaluate`: decides whether a transition may fire.
     Guard,

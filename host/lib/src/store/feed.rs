@@ -64,6 +64,16 @@ impl Delivery {
         decode_event_payload(&self.msg.payload, self.sequence, self.stored_at)
     }
 
+    /// The trace context of the firing that stored the event (its
+    /// `traceparent` header), if it had one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::trace::TRACEPARENT))
+            .map(|v| v.as_str())
+    }
+
     /// Done with: acknowledged and confirmed by the server, so it is not
     /// delivered again.
     pub async fn ack(&self) -> Result<(), StoreError> {
@@ -106,14 +116,9 @@ impl Deliveries {
                     Ok(info) => {
                         let (sequence, delivered, stored_at) =
                             (info.stream_sequence, info.delivered, info.published);
-                        let m = crate::metrics::metrics();
-                        m.action_deliveries.inc();
-                        if delivered > 1 {
-                            m.action_redeliveries.inc();
-                        }
                         // Events still to deliver after this one: the
                         // dispatcher's lag, as of this delivery.
-                        m.action_pending.set(info.pending as i64);
+                        crate::metrics::action_delivery(delivered as u64, info.pending);
                         return Some(Delivery {
                             msg,
                             sequence,

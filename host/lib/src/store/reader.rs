@@ -91,6 +91,7 @@ pub struct KeyRecord {
 
 /// One page of a listing. Pass `next` back as the cursor for the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     /// The items, in stream order.
     pub items: Vec<T>,

@@ -3,7 +3,8 @@
 //! ```text
 //! {prefix}.workflows.{wf}.definition                      definition versions
 //! {prefix}.workflows.{wf}.places.{place}.tokens.{token}   one message: state or tombstone
-//! {prefix}.workflows.{wf}.events.transitions.{token}      transition events
+//! {prefix}.workflows.{wf}.events.transitions.{token}      transition events with actions (the action feed)
+//! {prefix}.workflows.{wf}.events.moves.{token}            transition events of transitions without actions
 //! {prefix}.workflows.{wf}.events.lifecycle.{token}        created/updated/completed/...
 //! ```
 
@@ -18,7 +19,11 @@ pub(crate) struct Subjects {
 /// Kind of event subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventStream {
+    /// Transition events with actions to run: what the action feed
+    /// delivers.
     Transitions,
+    /// Transition events of transitions without actions: history only.
+    Moves,
     Lifecycle,
 }
 
@@ -75,6 +80,7 @@ impl Subjects {
     pub(crate) fn event(&self, wf: &Id, kind: EventStream, token: &Id) -> String {
         let kind = match kind {
             EventStream::Transitions => "transitions",
+            EventStream::Moves => "moves",
             EventStream::Lifecycle => "lifecycle",
         };
         format!("{}.workflows.{wf}.events.{kind}.{token}", self.prefix)
@@ -88,7 +94,8 @@ impl Subjects {
         format!("{}.workflows.{wf}.keys.{}", self.prefix, hex::encode(&h[..16]))
     }
 
-    /// Every transition event of every workflow: the action feed's filter.
+    /// Every transition event with actions, of every workflow: the action
+    /// feed's filter.
     pub(crate) fn all_transition_events(&self) -> String {
         format!("{}.workflows.*.events.transitions.*", self.prefix)
     }

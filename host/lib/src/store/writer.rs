@@ -3,6 +3,7 @@
 //! atomic batch, batches grouped by the committer (see `group`).
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use async_nats::HeaderMap;
 use async_nats::header::{
@@ -110,6 +111,12 @@ pub struct FireMarks {
     pub msg_id: Option<String>,
     /// Remember it under an idempotency key.
     pub idempotency: Option<Idempotency>,
+    /// The transition has actions: its event goes where the action feed
+    /// delivers it (`events.transitions`). Without, it goes to
+    /// `events.moves`, in the token's history all the same, and no
+    /// consumer delivers (or waits for an ack of) an event with nothing to
+    /// run.
+    pub actions: bool,
 }
 
 /// The outcome of a committed write.
@@ -367,6 +374,11 @@ impl StoreWriter {
         let mut marking = token.marks();
         marking.retain(|p| *p != token.place && *p != mv.to);
         marking.push(mv.to.clone());
+        // A transition the definition does not name goes to the feed,
+        // whose dispatcher settles it: nothing is left undelivered.
+        let actions = def
+            .transition(mv.transition.as_str())
+            .is_none_or(|t| !t.actions.is_empty());
         let fm = FireMarks {
             transition: mv.transition,
             consumed: vec![token.place.clone()],
@@ -379,6 +391,7 @@ impl StoreWriter {
             data: mv.data,
             msg_id: mv.msg_id,
             idempotency: mv.idempotency,
+            actions,
         };
         self.fire_token(token, fm).await
     }
@@ -433,10 +446,15 @@ impl StoreWriter {
             marking: (fm.marking.len() != 1 || fm.marking[0] != to).then(|| fm.marking.clone()),
             ..state
         };
+        let stream = if fm.actions {
+            EventStream::Transitions
+        } else {
+            EventStream::Moves
+        };
         let mut event = self.event_message(
             wf,
             &token.id,
-            EventStream::Transitions,
+            stream,
             token.revision,
             EventKind::Transition {
                 transition: fm.transition,
@@ -453,6 +471,11 @@ impl StoreWriter {
         )?;
         if let Some(id) = &fm.msg_id {
             event.headers.insert(NATS_MESSAGE_ID, id.as_str());
+        }
+        // The firing's trace context: the actions this event triggers join
+        // the trace of the request that fired it, on any host.
+        if let Some(tp) = crate::trace::current_traceparent() {
+            event.headers.insert(crate::trace::TRACEPARENT, tp.as_str());
         }
         messages.push(event);
         let event_index = messages.len() - 1;
@@ -660,7 +683,15 @@ impl StoreWriter {
         probe: usize,
         record: Option<String>,
     ) -> Result<u64, StoreError> {
-        self.committer
+        let span = tracing::info_span!(
+            "commit",
+            workflow = %wf,
+            messages = messages.len() as i64,
+            revision = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let r = self
+            .committer
             .submit(Write {
                 workflow: wf.clone(),
                 token: token.clone(),
@@ -669,7 +700,13 @@ impl StoreWriter {
                 probe,
                 record,
             })
-            .await
+            .instrument(span.clone())
+            .await;
+        match &r {
+            Ok(seq) => span.record("revision", i64::try_from(*seq).unwrap_or(i64::MAX)),
+            Err(e) => span.record("error", tracing::field::display(e)),
+        };
+        r
     }
 
     /// Appends the idempotency record of a write to its messages (last,

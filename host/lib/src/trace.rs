@@ -1,0 +1,74 @@
+//! W3C trace context at the host's edges.
+//!
+//! The host's spans are plain `tracing` spans (`api.request`, `fire`,
+//! `plugin`, `commit`, `action`); whoever installs the subscriber decides
+//! whether they go anywhere (the `cb-host` binary exports them over OTLP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set). What needs OpenTelemetry
+//! itself is the context that crosses a process boundary: a caller's
+//! `traceparent` (an HTTP or NATS request header) becomes the parent of
+//! the request's span, and the firing's context is stored as a
+//! `traceparent` header on its transition event, so the action run for that
+//! event, on whichever host and however much later, joins the same trace.
+//!
+//! With the `otel` feature off, or no OpenTelemetry layer in the
+//! subscriber, both directions are no-ops: nothing is read and nothing is
+//! stored.
+
+/// The header that carries the context, on HTTP requests, NATS requests and
+/// transition events alike.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// The longest `traceparent` accepted (version 00 is 55 bytes; later
+/// versions may append fields). Anything longer is ignored, not parsed.
+const MAX_TRACEPARENT: usize = 256;
+
+#[cfg(feature = "otel")]
+mod imp {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::{MAX_TRACEPARENT, TRACEPARENT};
+
+    /// The current span's context as a `traceparent` value, if it is part
+    /// of a sampled or unsampled OpenTelemetry trace.
+    pub(crate) fn current_traceparent() -> Option<String> {
+        let cx = tracing::Span::current().context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = HashMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        carrier.remove(TRACEPARENT)
+    }
+
+    /// Makes the trace `traceparent` names the parent of `span` (which must
+    /// not have been entered yet). A missing, oversized or malformed value
+    /// leaves `span` a root: a caller's bad header never fails a request.
+    pub(crate) fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+        let Some(value) = traceparent.filter(|v| v.len() <= MAX_TRACEPARENT) else {
+            return;
+        };
+        let carrier = HashMap::from([(TRACEPARENT.to_string(), value.trim().to_string())]);
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        if cx.span().span_context().is_valid() {
+            let _ = span.set_parent(cx);
+        }
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+mod imp {
+    pub(crate) fn current_traceparent() -> Option<String> {
+        None
+    }
+
+    pub(crate) fn set_remote_parent(_span: &tracing::Span, _traceparent: Option<&str>) {
+        let _ = super::MAX_TRACEPARENT;
+    }
+}
+
+pub(crate) use imp::{current_traceparent, set_remote_parent};
