@@ -409,6 +409,41 @@ async fn a_retry_with_the_same_key_returns_the_original_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_workflow_reaches_the_live_token_of_a_reused_id() {
+    // Ids are unique within a workflow, not across them: `dup` lives in
+    // `flow` while a `dup` of `bounce`, created and completed later, holds
+    // the id's newest event. Requests that name no workflow act on the
+    // live one.
+    let t = Target::start(StoreConfig::development(), ServeConfig::default()).await;
+    let call = |endpoint: &'static str, body: Value| {
+        let api = t.api.clone();
+        async move { api.call::<_, Value>(endpoint, &body).await }
+    };
+    call("token.create", json!({ "workflow": "flow", "id": "dup" }))
+        .await
+        .unwrap();
+    call("token.create", json!({ "workflow": "bounce", "id": "dup" }))
+        .await
+        .unwrap();
+    call("token.complete", json!({ "workflow": "bounce", "id": "dup" }))
+        .await
+        .unwrap();
+    let history = call("token.history", json!({ "id": "dup" })).await.unwrap();
+    let items = history["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{history}");
+    assert!(
+        items.iter().all(|e| e["workflow_id"] == "flow"),
+        "the live token's history: {history}"
+    );
+    call("token.complete", json!({ "id": "dup" }))
+        .await
+        .expect("the live token in flow completes");
+    let e = service_error(call("token.get", json!({ "workflow": "flow", "id": "dup" })).await);
+    assert_eq!(e.code, "not-found", "{}", e.message);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_is_lost_is_resolved_or_reported_as_indeterminate_never_as_a_conflict() {
     let t = Target::default().await;
     let store = t.host.engine().store().clone();

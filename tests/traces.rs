@@ -21,7 +21,6 @@ use opentelemetry_sdk::trace::{
     IdGenerator, InMemorySpanExporter, RandomIdGenerator, SdkTracerProvider, SpanData,
 };
 use serde_json::{Value, json};
-use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// `go` is guarded and its action asks for `on`: one request gives a
@@ -41,11 +40,7 @@ fn exporter() -> &'static InMemorySpanExporter {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("cb-host-test"))
-            .with_filter(
-                tracing_subscriber::filter::Targets::new().with_target("cb_host", tracing::Level::INFO),
-            );
+        let layer = cb_host::otel_layer(provider.tracer("cb-host-test"));
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("the only global subscriber");
         exporter

@@ -97,11 +97,8 @@ async fn main() -> anyhow::Result<()> {
         .build();
     let (filter, tracing_switch) = reload::Layer::new(tracing_off());
     tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("cb-bench"))
-                .with_filter(filter),
-        ),
+        tracing_subscriber::registry()
+            .with(cb_host::otel_layer(provider.tracer("cb-bench")).with_filter(filter)),
     )?;
     let mut b = common::Bench::new("api", 5);
     let quick = b.quick;
@@ -228,7 +225,31 @@ async fn main() -> anyhow::Result<()> {
     let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
         (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
     let (mut over_http, mut over_http_t) = (Vec::new(), Duration::ZERO);
+    // The transport alone: a request of the same size to a responder that
+    // echoes it, each on a connection of its own to the same server, as the
+    // ApiClient and the host are. What the service API adds to a firing is
+    // ours minus in-process minus this.
+    let (mut echo, mut echo_t) = (Vec::new(), Duration::ZERO);
+    let echo_client = async_nats::connect(server.url()).await?;
+    let responder = async_nats::connect(server.url()).await?;
+    let mut echo_sub = responder.subscribe("bench.echo").await?;
+    let echo_task = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while let Some(m) = echo_sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let echo_body = bytes::Bytes::from(serde_json::to_vec(
+        &json!({"workflow": "bench", "id": "f1", "transition": "back"}),
+    )?);
     for i in 0..n1 {
+        let s = Instant::now();
+        echo_client.request("bench.echo", echo_body.clone()).await?;
+        let e = s.elapsed();
+        echo.push(e);
+        echo_t += e;
         let s = Instant::now();
         let r = web
             .post(format!("{base}/v1/tokens/h1/transitions/{}", transition(i)))
@@ -271,6 +292,14 @@ async fn main() -> anyhow::Result<()> {
         inproc.clone(),
         inproc_t,
     );
+    b.record(
+        op,
+        Raw,
+        "transport only: raw async-nats request/reply echo of the request (same run, interleaved)",
+        echo,
+        echo_t,
+    );
+    echo_task.abort();
     let op = "fire with one guard via the HTTP API, 1 in flight";
     b.record(
         op,
@@ -407,39 +436,58 @@ async fn main() -> anyhow::Result<()> {
     // so a drift of the disk over the section weighs on both alike. The
     // batch processor exports on its own thread as spans fill a batch, as
     // in the binary.
+    // The process's CPU time per firing is measured alongside: the client
+    // and the host share this process (nats-server does not), so the
+    // difference between on and off is what metrics and tracing cost,
+    // whatever the disk lets the throughput be.
     let (mut on, mut on_t, mut off, mut off_t) = (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
+    let (mut on_cpu, mut off_cpu) = (Duration::ZERO, Duration::ZERO);
+    let mut exported = 0usize;
     let mut fired = fired_api.clone();
-    for k in 0..2 * SLICES {
+    for k in 0..4 * SLICES {
         let tracing = k % 4 == 0 || k % 4 == 3;
         tracing_switch.reload(if tracing { tracing_on() } else { tracing_off() })?;
         cb_host::metrics::set_recording(tracing);
+        let cpu0 = common::cpu_time();
         let (lat, t) = slice64(slice / 2, &mut fired, over_nats("a")).await;
+        if tracing {
+            // The slice's spans reach the exporter inside its CPU time.
+            let _ = provider.force_flush();
+        }
+        let cpu = common::cpu_time() - cpu0;
         if tracing {
             on.extend(lat);
             on_t += t;
+            on_cpu += cpu;
+            exported += spans.get_finished_spans().map(|s| s.len()).unwrap_or(0);
+            spans.reset();
         } else {
             off.extend(lat);
             off_t += t;
+            off_cpu += cpu;
         }
     }
     cb_host::metrics::set_recording(true);
-    let _ = provider.force_flush();
-    let exported = spans.get_finished_spans().map(|s| s.len()).unwrap_or(0);
-    eprintln!("{exported} spans exported while tracing was on");
+    eprintln!(
+        "{exported} spans exported while tracing was on ({:.1} per firing)",
+        exported as f64 / on.len().max(1) as f64
+    );
     let op = "fire via the service API with metrics and tracing, 64 in flight";
-    b.record(
+    b.record_cpu(
         op,
         Ours,
         "metrics and tracing on: every span to the OTel batch processor",
         on,
         on_t,
+        on_cpu,
     );
-    b.record(
+    b.record_cpu(
         op,
         Raw,
         "metrics and tracing off (same run, slices in ABBA order)",
         off,
         off_t,
+        off_cpu,
     );
 
     b.section("create: 64 in flight");

@@ -151,6 +151,9 @@ enum Rule {
     Latency { p50_us: f64, p99_us: f64 },
     /// Ours' p50 at most this (CPU-bound rows only).
     P50 { p50_us: f64 },
+    /// Ours' process CPU time per operation at most `factor` times the raw
+    /// row's: a cost the disk does not move.
+    CpuOf { raw: &'static str, factor: f64 },
 }
 
 /// A CPU-bound goal on a guest row: p50 at most `p50_us`.
@@ -312,6 +315,15 @@ const FLOORS: &[Floor] = &[
             factor: 0.95,
         },
     },
+    Floor {
+        issue: 23,
+        op: "fire via the service API with metrics and tracing, 64 in flight",
+        ours: "metrics and tracing on",
+        rule: Rule::CpuOf {
+            raw: "metrics and tracing off",
+            factor: 1.05,
+        },
+    },
 ];
 
 /// One goal checked against this run.
@@ -340,6 +352,7 @@ impl Rule {
             Rule::PlusOf { plus_us, .. } => format!("p50 <= raw + {plus_us:.0} µs"),
             Rule::Latency { p50_us, p99_us } => format!("p50 <= {p50_us:.0} µs, p99 <= {p99_us:.0} µs"),
             Rule::P50 { p50_us } => format!("p50 <= {p50_us:.0} µs"),
+            Rule::CpuOf { factor, .. } => format!("CPU per op <= {factor:.2}x baseline"),
         }
     }
 }
@@ -409,6 +422,14 @@ fn check(rows: &[Row], f: &Floor) -> Checked {
         Rule::P50 { p50_us } => {
             out.measured = format!("p50 {:.0} µs", o.p50_us);
             o.p50_us <= p50_us
+        }
+        Rule::CpuOf { raw, factor } => {
+            let (Some(oc), Some(rc)) = (o.cpu_us, raw_of(raw).and_then(|r| r.cpu_us)) else {
+                return out;
+            };
+            out.measured = format!("{oc:.1} µs CPU/op");
+            out.baseline = format!("{rc:.1} µs CPU/op (ours {:.3}x)", oc / rc);
+            oc <= factor * rc
         }
     };
     out.verdict = if met { "met" } else { "not met" };

@@ -420,11 +420,7 @@ fn init_logging(cli: &Cli) -> Option<SdkTracerProvider> {
     let (provider, otel) = match tracer() {
         Ok(Some(provider)) => {
             use opentelemetry::trace::TracerProvider as _;
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("cb-host"))
-                .with_filter(
-                    tracing_subscriber::filter::Targets::new().with_target("cb_host", tracing::Level::INFO),
-                );
+            let layer = cb_host::otel_layer(provider.tracer("cb-host"));
             (Some(provider), Some(layer))
         }
         Ok(None) => (None, None),

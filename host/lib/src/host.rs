@@ -601,10 +601,7 @@ impl Host {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Page<Event>, HostError> {
-        let workflow = match workflow {
-            Some(w) => w.clone(),
-            None => self.engine.store().reader().token_workflow(token).await?,
-        };
+        let workflow = self.resolve_workflow(workflow, token).await?;
         Ok(self
             .engine
             .store()
@@ -659,11 +656,8 @@ impl Host {
         key: Option<&str>,
         expected_revision: Option<u64>,
     ) -> Result<u64, HostError> {
-        let workflow = match workflow {
-            Some(w) => w.clone(),
-            // Also finds a token a retry already completed.
-            None => self.engine.store().reader().token_workflow(token).await?,
-        };
+        // Also finds a token a retry already completed.
+        let workflow = self.resolve_workflow(workflow, token).await?;
         Ok(self
             .engine
             .complete_expecting(&workflow, token, actor, key, expected_revision)

@@ -59,3 +59,5 @@ mod trace;
 
 pub use api::{ServeConfig, Serving, serve};
 pub use host::{Applied, ApplyOptions, Host, HostBuilder, HostError, connect, redact_credentials};
+#[cfg(feature = "otel")]
+pub use trace::otel_layer;

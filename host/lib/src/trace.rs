@@ -58,6 +58,34 @@ mod imp {
             let _ = span.set_parent(cx);
         }
     }
+
+    /// The OpenTelemetry layer for the host's spans, configured as the
+    /// `cb-host` binary installs it: every `cb_host` span at info and
+    /// above, and warnings and errors as events on the span they happened
+    /// in. Info-level log lines are left out of the trace (each firing's
+    /// log line says what its `fire` span's attributes already say), and so
+    /// are the layer's per-poll extras: activating the OpenTelemetry
+    /// context on every poll of an instrumented future (the host reads a
+    /// span's context from the span itself, never from the ambient one),
+    /// `busy_ns`/`idle_ns` timings (two clock reads per poll) and thread
+    /// attributes (meaningless on a work-stealing runtime). Together they
+    /// cost more per firing than the spans themselves; `make bench`
+    /// measures what is left.
+    pub fn otel_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
+        let host = Targets::new().with_target("cb_host", tracing::Level::INFO);
+        let spans_and_warnings = filter_fn(|m| m.is_span() || *m.level() <= tracing::Level::WARN);
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(host.and(spans_and_warnings))
+    }
 }
 
 #[cfg(not(feature = "otel"))]
@@ -71,4 +99,6 @@ mod imp {
     }
 }
 
+#[cfg(feature = "otel")]
+pub use imp::otel_layer;
 pub(crate) use imp::{current_traceparent, set_remote_parent};
