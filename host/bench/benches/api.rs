@@ -22,7 +22,8 @@ use cb_host::store::StoreConfig;
 use cb_host::{Host, ServeConfig};
 use common::Role::{Ours, Raw};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::{Value, json};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -75,6 +76,28 @@ where
     (all, t0.elapsed())
 }
 
+/// Counts the spans it is given and drops them: what tracing costs the
+/// host (spans built and handed to the batch processor) without an
+/// exporter's encoding and sending, which happen on the processor's own
+/// thread and depend on the collector. (The SDK's in-memory exporter
+/// would add cloning and a growing buffer that no deployment has.)
+#[derive(Debug, Clone, Default)]
+struct CountingExporter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl CountingExporter {
+    fn take(&self) -> usize {
+        self.0.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Tracing off: the host's spans are disabled at their callsites.
 fn tracing_off() -> Targets {
     Targets::new()
@@ -89,9 +112,8 @@ fn tracing_on() -> Targets {
 async fn main() -> anyhow::Result<()> {
     // The same layer the binary installs, behind a filter the tracing
     // section switches; off everywhere else. Spans go through the SDK's
-    // batch processor (its own thread) to an in-memory exporter, emptied
-    // after each slice.
-    let spans = InMemorySpanExporter::default();
+    // batch processor (its own thread) to an exporter that counts them.
+    let spans = CountingExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(spans.clone())
         .build();
@@ -233,6 +255,8 @@ async fn main() -> anyhow::Result<()> {
     let echo_client = async_nats::connect(server.url()).await?;
     let responder = async_nats::connect(server.url()).await?;
     let mut echo_sub = responder.subscribe("bench.echo").await?;
+    // The server has the subscription once the flush's PING is answered.
+    responder.flush().await?;
     let echo_task = tokio::spawn(async move {
         use futures::StreamExt as _;
         while let Some(m) = echo_sub.next().await {
@@ -432,63 +456,61 @@ async fn main() -> anyhow::Result<()> {
     b.section("fire: 64 in flight, metrics and tracing on and off");
     // The NATS API path (request, firing, guard and commit spans; the
     // request, firing, plugin call and commit metrics), on tokens of its
-    // own; both switched per slice, in ABBA order (on, off, off, on, ...)
-    // so a drift of the disk over the section weighs on both alike. The
+    // own; switched per slice, in ABBA order so a drift of the disk over
+    // the section weighs on every arm alike. The
     // batch processor exports on its own thread as spans fill a batch, as
     // in the binary.
     // The process's CPU time per firing is measured alongside: the client
     // and the host share this process (nats-server does not), so the
     // difference between on and off is what metrics and tracing cost,
     // whatever the disk lets the throughput be.
-    let (mut on, mut on_t, mut off, mut off_t) = (Vec::new(), Duration::ZERO, Vec::new(), Duration::ZERO);
-    let (mut on_cpu, mut off_cpu) = (Duration::ZERO, Duration::ZERO);
+    // Four arms: both on, tracing only, metrics only, both off, in the
+    // order 0 1 2 3 3 2 1 0 ..., so each part's cost shows on its own.
+    let arms = [(true, true), (true, false), (false, true), (false, false)];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    let mut wall = [Duration::ZERO; 4];
+    let mut cpu = [Duration::ZERO; 4];
     let mut exported = 0usize;
     let mut fired = fired_api.clone();
-    for k in 0..4 * SLICES {
-        let tracing = k % 4 == 0 || k % 4 == 3;
+    for k in 0..4 * SLICES as usize {
+        let arm = match std::env::var("CB_BENCH_ARM").ok().and_then(|a| a.parse().ok()) {
+            Some(a) => a,
+            None if (k / 4).is_multiple_of(2) => k % 4,
+            None => 3 - k % 4,
+        };
+        let (tracing, metrics) = arms[arm];
         tracing_switch.reload(if tracing { tracing_on() } else { tracing_off() })?;
-        cb_host::metrics::set_recording(tracing);
+        cb_host::metrics::set_recording(metrics);
         let cpu0 = common::cpu_time();
-        let (lat, t) = slice64(slice / 2, &mut fired, over_nats("a")).await;
+        let (l, t) = slice64(slice / 2, &mut fired, over_nats("a")).await;
         if tracing {
             // The slice's spans reach the exporter inside its CPU time.
             let _ = provider.force_flush();
         }
-        let cpu = common::cpu_time() - cpu0;
-        if tracing {
-            on.extend(lat);
-            on_t += t;
-            on_cpu += cpu;
-            exported += spans.get_finished_spans().map(|s| s.len()).unwrap_or(0);
-            spans.reset();
-        } else {
-            off.extend(lat);
-            off_t += t;
-            off_cpu += cpu;
-        }
+        cpu[arm] += common::cpu_time() - cpu0;
+        lat[arm].extend(l);
+        wall[arm] += t;
+        exported += spans.take();
     }
     cb_host::metrics::set_recording(true);
     eprintln!(
         "{exported} spans exported while tracing was on ({:.1} per firing)",
-        exported as f64 / on.len().max(1) as f64
+        exported as f64 / (lat[0].len() + lat[1].len()).max(1) as f64
     );
     let op = "fire via the service API with metrics and tracing, 64 in flight";
-    b.record_cpu(
-        op,
-        Ours,
-        "metrics and tracing on: every span to the OTel batch processor",
-        on,
-        on_t,
-        on_cpu,
-    );
-    b.record_cpu(
-        op,
-        Raw,
-        "metrics and tracing off (same run, slices in ABBA order)",
-        off,
-        off_t,
-        off_cpu,
-    );
+    let whats = [
+        (
+            Ours,
+            "metrics and tracing on: every span through the OTel batch processor",
+        ),
+        (Ours, "tracing on, metrics off"),
+        (Ours, "metrics on, tracing off"),
+        (Raw, "metrics and tracing off (same run, four arms in ABBA order)"),
+    ];
+    for (arm, (role, what)) in whats.into_iter().enumerate() {
+        let l = std::mem::take(&mut lat[arm]);
+        b.record_cpu(op, role, what, l, wall[arm], cpu[arm]);
+    }
 
     b.section("create: 64 in flight");
     let (mut ours, mut ours_t, mut inproc, mut inproc_t) =
