@@ -68,9 +68,9 @@ mod imp {
     /// context on every poll of an instrumented future (the host reads a
     /// span's context from the span itself, never from the ambient one),
     /// `busy_ns`/`idle_ns` timings (two clock reads per poll) and thread
-    /// attributes (meaningless on a work-stealing runtime). Together they
-    /// cost more per firing than the spans themselves; `make bench`
-    /// measures what is left.
+    /// attributes (meaningless on a work-stealing runtime): the first two
+    /// run on every poll, not once per span. `make bench` measures what
+    /// tracing still costs per firing.
     pub fn otel_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
